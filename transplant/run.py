@@ -1,0 +1,162 @@
+"""run_transplant: the one entry point the job worker calls to learn an adapter."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from transplant.adapters import (
+    AdapterConfig,
+    adapter_spec,
+    build_adapter,
+    config_from_spec,
+    fit_adapter_config,
+)
+from transplant.blackbox import batched_apply, frozen
+from transplant.distill.losses import back_distillation_loss, distillation_loss, supervised_loss
+from transplant.distill.trainer import TrainConfig, Trainer
+from transplant.errors import UnknownMethod
+from transplant.metrics import agreement, task_metric
+
+Module = Callable[[torch.Tensor], torch.Tensor]
+METHODS = ("supervised", "distillation", "back_distillation")
+
+
+@dataclass
+class TransplantResult:
+    """What a transplant produced."""
+
+    adapter: nn.Module
+    """The trained adapter h (eval mode, on CPU)."""
+    config: AdapterConfig
+    """Its architecture."""
+    spec: dict
+    """JSON spec of the architecture (see adapters.adapter_spec)."""
+    metrics: dict = field(default_factory=dict)
+    """teacher_agreement, val_loss, task_metric (with labels), n_train, n_val, steps, wall_s, …"""
+    history: list[dict] = field(default_factory=list)
+    """Per-epoch records from the trainer."""
+
+
+def _resolve_adapter(adapter: AdapterConfig | dict | None, in_shape: tuple) -> AdapterConfig:
+    """An AdapterConfig from a config, a spec / override dict, or None (fitted to the shapes)."""
+    if isinstance(adapter, AdapterConfig):
+        return adapter
+    overrides = dict(adapter or {})
+    if "config" in overrides:  # a full spec as produced by adapter_spec
+        return config_from_spec(overrides)
+    # Without an explicit out_shape the student task module is assumed to take what g_T takes.
+    out_shape = tuple(overrides.pop("out_shape", in_shape))
+    overrides.pop("in_shape", None)
+    return fit_adapter_config(in_shape, out_shape, **overrides)
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded train / val index split; val may be empty."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_val = int(round(n * val_fraction)) if val_fraction > 0 else 0
+    n_val = min(n_val, n - 1)
+    return perm[n_val:], perm[:n_val]
+
+
+def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainConfig, gen: torch.Generator):
+    """The method's loss on a batch (features, teacher outputs[, labels])."""
+    if method == "supervised":
+
+        def obj(batch: Sequence[torch.Tensor]) -> dict:
+            feats, _, y = batch
+            loss = supervised_loss(g_s(h(feats)), y)
+            return {"loss": loss, "loss_out": loss}
+    elif method == "distillation":
+
+        def obj(batch: Sequence[torch.Tensor]) -> dict:
+            feats, y_t = batch[0], batch[1]
+            loss = distillation_loss(g_s(h(feats)), y_t, cfg.output_loss)
+            return {"loss": loss, "loss_out": loss}
+    elif method == "back_distillation":
+
+        def obj(batch: Sequence[torch.Tensor]) -> dict:
+            t = back_distillation_loss(
+                batch[0],
+                h,
+                g_s,
+                g_t,
+                lambda_jac=cfg.lambda_jac,
+                probes=cfg.probes,
+                normalise=cfg.normalise,
+                output_loss=cfg.output_loss,
+                probe_dist=cfg.probe_dist,
+                generator=gen,
+            )
+            return {"loss": t.loss, "loss_out": t.loss_out, "loss_jac": t.loss_jac}
+    else:
+        raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")
+    return obj
+
+
+def run_transplant(
+    f: Module,
+    g_teacher: Module,
+    g_student: Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    *,
+    method: str,
+    adapter: AdapterConfig | dict | None = None,
+    train: TrainConfig | None = None,
+    callbacks: Sequence[Any] = (),
+    should_stop: Callable[[], bool] | None = None,
+) -> TransplantResult:
+    """Learn h so that g_student(h(f(x))) does what g_teacher(f(x)) does; f and both g stay untouched."""
+    if method not in METHODS:
+        raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")
+    if method == "supervised" and y is None:
+        raise ValueError("method 'supervised' needs labels y")
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    cfg = train or TrainConfig()
+    device = cfg.resolved_device()
+    t0 = time.perf_counter()
+    with frozen(f, g_teacher, g_student, device=device):
+        feats = batched_apply(f, x.float(), device=device)  # (N, *feature_shape), fixed
+        y_t = batched_apply(g_teacher, feats)  # (N, *out_shape) teacher outputs
+        config = _resolve_adapter(adapter, tuple(feats.shape[1:]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)  # the adapter's init is part of the seeded run
+            h = build_adapter(config).to(device)
+        gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        obj = _objective(method, h, g_student, g_teacher, cfg, gen)
+        tr_idx, va_idx = _split(x.shape[0], cfg.val_fraction, cfg.seed)
+        labels = y.to(device) if y is not None else torch.zeros(x.shape[0], device=device)
+        data = [feats, y_t, labels]
+        train_data = [t[tr_idx.to(device)] for t in data]
+        val_data = [t[va_idx.to(device)] for t in data] if len(va_idx) else None
+        trainer = Trainer(h, obj, cfg, callbacks=callbacks, should_stop=should_stop)
+        history = trainer.fit(train_data, val_data)
+        # End metrics on held-out inputs when there are some, else (small data) on the training inputs.
+        on = val_data if val_data is not None else train_data
+        with torch.no_grad():
+            y_s = batched_apply(lambda z: g_student(h(z)), on[0])
+        metrics: dict = {
+            "method": method,
+            "teacher_agreement": agreement(y_s, on[1]) if y_s.dim() >= 2 else None,
+            "metrics_on": "val" if val_data is not None else "train",
+            "val_loss": trainer.best_val,
+            "n_train": int(len(tr_idx)),
+            "n_val": int(len(va_idx)),
+            "steps": trainer.steps_done,
+            "epochs_run": len(history),
+            "device": str(device),
+        }
+        if y is not None:
+            metrics.update(task_metric(y_s, on[2]))
+    h = h.cpu().eval()
+    metrics["wall_s"] = time.perf_counter() - t0
+    return TransplantResult(
+        adapter=h, config=config, spec=adapter_spec(config), metrics=metrics, history=history
+    )
