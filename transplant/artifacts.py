@@ -1,0 +1,265 @@
+"""Module artifacts: recognise, safely load, probe and export network pieces (pure PyTorch).
+
+Three formats are accepted, and none of them is ever unpickled with Python's `pickle`:
+
+- `torch_export` (`torch.export.save`): a zip of JSON graph + raw tensor payloads. `torch.export.load`
+  still has pickle paths (payloads flagged `use_pickle`, opaque/custom objects, legacy `.pt` weight
+  files, AOTInductor shared libraries, and `sample_inputs/*.pt`, a `torch.save` file it loads with
+  `weights_only=True` and then *falls back to `weights_only=False`*). So before loading, every member
+  name is checked against an allowlist, the payload configs are parsed and any pickled payload is
+  refused, and the archive is copied with the sample inputs blanked out (an empty payload is read as
+  "no sample inputs"): no byte of the upload reaches an unpickler.
+- `torchscript` (`torch.jit.save`): loaded by `torch.jit.load`, whose C++ unpickler only rebuilds
+  tensors and TorchScript classes compiled from the archive's own `code/`; it never imports or calls
+  Python objects, so it cannot execute arbitrary code (the TorchScript interpreter runs only tensor ops).
+- `safetensors`: a JSON header and raw tensors, loaded into a built-in architecture named by `arch`
+  (`transplant.adapters.build_from_spec`).
+
+A `torch.save(model)` file (zip with `data.pkl` but no `code/`, or a legacy bare pickle) is recognised
+from its member names / magic bytes alone and refused with `PickledArtifact`. `torch.load` is never
+called on uploaded bytes, not even with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+FORMATS = ("torch_export", "torchscript", "safetensors")
+HOW_TO_SAVE = (
+    "save the module with torch.export.save(torch.export.export(model, (x,)), path), "
+    "torch.jit.save(torch.jit.script(model), path), or as safetensors weights with an `arch` spec"
+)
+# A zip whose members inflate to more than this many times its size is refused (zip bomb).
+MAX_INFLATION = 20
+_EXPORT_MEMBERS = re.compile(
+    r"^(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id"
+    r"|models/[\w.-]+\.json|data/weights/[\w.-]+_weights_config\.json|data/weights/weight_\d+"
+    r"|data/constants/[\w.-]+_constants_config\.json|data/constants/tensor_\d+"
+    r"|data/sample_inputs/[\w.-]+\.pt|extra/[\w.-]+)$"
+)
+
+
+class ArtifactError(ValueError):
+    """The file is not a loadable artifact of the declared format (a client error, 4xx)."""
+
+
+class PickledArtifact(ArtifactError):
+    """The file is a pickle (`torch.save`), which Graft refuses to load (415)."""
+
+
+def _zip_names(path: Path) -> tuple[str, list[str]] | None:
+    """(common prefix, member names below it) of a zip file, or None when it is not a zip."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise ArtifactError(f"the file is a damaged zip archive ({exc})") from None
+    if not infos:
+        raise ArtifactError("the file is an empty zip archive")
+    inflated = sum(i.file_size for i in infos)
+    if inflated > MAX_INFLATION * max(path.stat().st_size, 1) + (1 << 20):
+        raise ArtifactError("the zip archive inflates to far more than its size; refused")
+    prefix = infos[0].filename.split("/", 1)[0] + "/"
+    if any(not i.filename.startswith(prefix) for i in infos):
+        raise ArtifactError("the zip archive does not have a single top-level folder like torch files do")
+    return prefix, [i.filename[len(prefix):] for i in infos]
+
+
+def sniff_format(path: Path) -> str:
+    """What the file is, from magic bytes and zip member names only: a format, "pickle" or "unknown"."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if not head:
+        raise ArtifactError("the file is empty")
+    names = _zip_names(path)
+    if names is not None:
+        members = set(names[1])
+        if "constants.pkl" in members and any(n.startswith("code/") for n in members):
+            return "torchscript"
+        has_model = any(n.startswith("models/") and n.endswith(".json") for n in members)
+        if has_model and "archive_format" in members:
+            return "torch_export"
+        if "data.pkl" in members:
+            return "pickle"
+        return "unknown"
+    # Legacy (pre-zip) torch.save files and bare pickles start with the PROTO opcode.
+    if head[0] == 0x80 and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "pickle"
+    if len(head) >= 9:
+        (header_len,) = struct.unpack("<Q", head[:8])
+        if 2 <= header_len <= 100 * 1024 * 1024 and head[8:9] == b"{":
+            return "safetensors"
+    return "unknown"
+
+
+def check_format(path: Path, format: str) -> None:
+    """Raise unless `path` looks like an artifact of `format` (PickledArtifact for pickles)."""
+    if format not in FORMATS:
+        raise ArtifactError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}")
+    found = sniff_format(path)
+    if found == "pickle":
+        raise PickledArtifact(
+            "the file is a pickle (torch.save), which Graft never loads because unpickling can run "
+            f"arbitrary code; {HOW_TO_SAVE}"
+        )
+    if found == "unknown":
+        raise ArtifactError(
+            f"the file is not a {format} artifact (truncated or not a saved module); {HOW_TO_SAVE}"
+        )
+    if found != format:
+        raise ArtifactError(f"the file is a {found} artifact but meta.format says {format}; fix meta.format")
+
+
+def _check_payload_config(raw: bytes, kind: str) -> None:
+    try:
+        config = json.loads(raw).get("config", {})
+    except (ValueError, AttributeError):
+        raise ArtifactError(f"the torch_export archive has an unreadable {kind} config") from None
+    for fqn, meta in config.items():
+        if not isinstance(meta, dict) or meta.get("use_pickle"):
+            raise PickledArtifact(
+                f"the torch_export archive stores {kind} {fqn!r} pickled; re-export it with plain "
+                "tensors (torch.export.save of a model without custom objects)"
+            )
+        if kind == "constant" and not str(meta.get("path_name", "")).startswith("tensor_"):
+            raise PickledArtifact(f"the torch_export archive holds a custom object constant {fqn!r}; "
+                                  "only tensor constants are accepted")
+
+
+def _sanitised_export_copy(path: Path, dest: Path) -> None:
+    """Copy a torch_export archive to `dest` after checking it, with its pickled sample inputs blanked."""
+    prefix, members = _zip_names(path) or ("", [])
+    bad = [m for m in members if not _EXPORT_MEMBERS.match(m)]
+    if bad:
+        raise ArtifactError(
+            f"the torch_export archive holds unexpected member(s) {bad[:3]}; only plain "
+            "torch.export.save archives (no AOTInductor packages or custom objects) are accepted"
+        )
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
+        for info in src.infolist():
+            rel = info.filename[len(prefix):]
+            if rel.endswith("_weights_config.json"):
+                _check_payload_config(src.read(info), "weight")
+            elif rel.endswith("_constants_config.json"):
+                _check_payload_config(src.read(info), "constant")
+            if rel.startswith("data/sample_inputs/"):
+                out.writestr(info.filename, b"")
+                continue
+            with src.open(info) as fin, out.open(info.filename, "w", force_zip64=True) as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+
+
+def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
+    """Load an artifact as a module in eval mode, never unpickling uploaded bytes."""
+    path = Path(path)
+    check_format(path, format)
+    if arch is not None and format != "safetensors":
+        raise ArtifactError("`arch` is only meaningful with format safetensors; drop it or change the format")
+    try:
+        if format == "torch_export":
+            with tempfile.TemporaryDirectory(prefix="graft-export-") as tmp:
+                clean = Path(tmp) / "clean.pt2"
+                _sanitised_export_copy(path, clean)
+                module = torch.export.load(clean).module()
+        elif format == "torchscript":
+            module = torch.jit.load(str(path), map_location="cpu")
+        else:
+            module = _load_safetensors(path, arch)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # torch raises many types for a file that does not load
+        raise ArtifactError(f"the {format} file does not load: {_short(exc)}") from None
+    try:
+        module.eval()
+    except Exception:  # noqa: BLE001 - torch.export modules refuse eval() in some versions
+        pass
+    return module
+
+
+def _load_safetensors(path: Path, arch: dict | None) -> nn.Module:
+    from safetensors.torch import load_file
+
+    from transplant.adapters import build_from_spec
+
+    if not arch:
+        raise ArtifactError("a safetensors artifact needs `arch`, the spec of a built-in architecture")
+    try:
+        module = build_from_spec(arch)
+    except Exception as exc:
+        raise ArtifactError(f"`arch` does not describe a built-in architecture: {_short(exc)}") from None
+    state = load_file(str(path), device="cpu")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"the safetensors weights do not fit `arch`: {_short(exc)}") from None
+    return module.eval()
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def shape_elements(input_shape: list[int | None], batch: int = 1) -> int:
+    """Elements of a tensor of `input_shape` with the batch dimension (null) set to `batch`."""
+    return math.prod(batch if d is None else int(d) for d in input_shape)
+
+
+def probe_output_shape(module: nn.Module, input_shape: list[int | None]) -> list[int | None]:
+    """Run `module` once on zeros of `input_shape` (null = batch, tried as 2 then 1); its output shape."""
+    batches = (2, 1) if input_shape and input_shape[0] is None else (None,)
+    last: Exception | None = None
+    for batch in batches:
+        dims = [batch if d is None else int(d) for d in input_shape]
+        try:
+            with torch.inference_mode():
+                out = module(torch.zeros(dims))
+        except Exception as exc:  # noqa: BLE001 - any failure is the artifact's, reported below
+            last = exc
+            continue
+        if isinstance(out, (tuple, list)) and len(out) == 1:
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise ArtifactError(f"the module returned {type(out).__name__}, not one tensor")
+        shape: list[int | None] = list(out.shape)
+        if batch is not None:
+            if not shape or shape[0] != batch:
+                raise ArtifactError(
+                    f"the output shape {list(out.shape)} does not keep the batch dimension first"
+                )
+            shape[0] = None
+        return shape
+    raise ArtifactError(f"the module fails on zeros of input_shape {input_shape}: {_short(last)}")
+
+
+def save_module(module: nn.Module, example_input: torch.Tensor, format: str) -> bytes:
+    """Serialise `module` as torch_export (dynamic batch dim) or torchscript bytes."""
+    module = module.eval()
+    buf = io.BytesIO()
+    if format == "torch_export":
+        batch = torch.export.Dim("batch", min=1)
+        dynamic = ({0: batch},) if example_input.shape[0] > 1 else None
+        program = torch.export.export(module, (example_input,), dynamic_shapes=dynamic)
+        torch.export.save(program, buf)
+    elif format == "torchscript":
+        try:
+            scripted = torch.jit.script(module)
+        except Exception:  # noqa: BLE001 - tracing covers modules TorchScript cannot compile
+            scripted = torch.jit.trace(module, example_input)
+        torch.jit.save(scripted, buf)
+    else:
+        raise ArtifactError(f"save_module writes torch_export or torchscript, not {format!r}")
+    return buf.getvalue()
