@@ -1,0 +1,115 @@
+"""The client's HTTP layer: one httpx connection pool, bearer auth, and errors as `GraftError`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class GraftError(Exception):
+    """The server said no (status ≥ 400, `detail` is its sentence) or could not be reached (status 0)."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{status}: {detail}" if status else detail)
+
+
+class ServerUnreachable(GraftError):
+    """No HTTP answer at all: the server is down, or the URL is wrong."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(0, f"cannot reach the Graft server at {url} ({reason}); start it with "
+                            "`graft serve` or point --url / GRAFT_URL at it")
+
+
+def _detail(response: httpx.Response) -> str:
+    """The server's `detail` sentence, or a readable stand-in when the body is not Graft's JSON."""
+    try:
+        body = response.json()
+    except ValueError:
+        text = response.text.strip()
+        return text[:300] or f"HTTP {response.status_code} {response.reason_phrase}"
+    detail = body.get("detail") if isinstance(body, dict) else None
+    if isinstance(detail, str):
+        return detail
+    if detail is not None:  # FastAPI's list of validation errors, if a route lets one through
+        return json.dumps(detail)[:500]
+    return f"HTTP {response.status_code} {response.reason_phrase}"
+
+
+class Http:
+    """A small wrapper over `httpx.Client` that raises `GraftError` for every non-2xx answer."""
+
+    def __init__(self, url: str, token: str | None, timeout: float = 60.0) -> None:
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, type(exc).__name__) from None
+        if response.status_code >= 400:
+            raise GraftError(response.status_code, _detail(response))
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
+        return response.json() if response.content else None
+
+    def stream_lines(self, path: str, timeout: float | None = None) -> Iterator[str]:
+        """Lines of a streamed GET (server-sent events); raises `GraftError` before the first line."""
+        try:
+            with self._client.stream("GET", path, timeout=httpx.Timeout(timeout, connect=10.0)) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise GraftError(resp.status_code, _detail(resp))
+                yield from resp.iter_lines()
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, type(exc).__name__) from None
+
+    def download(self, path: str, dest: Any) -> int:
+        """Stream a GET body into the open binary file `dest`, following redirects; bytes written."""
+        written = 0
+        try:
+            with self._client.stream("GET", path, follow_redirects=True) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise GraftError(resp.status_code, _detail(resp))
+                for chunk in resp.iter_bytes(1 << 20):
+                    dest.write(chunk)
+                    written += len(chunk)
+        except httpx.TransportError as exc:
+            raise ServerUnreachable(self.url, type(exc).__name__) from None
+        return written
+
+
+def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event, data) pairs from server-sent-event lines; comments and retry fields are skipped."""
+    event, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, "\n".join(data)
+            event, data = "message", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)
+    if data:
+        yield event, "\n".join(data)
