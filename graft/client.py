@@ -222,8 +222,15 @@ class Client:
             arrays["y"] = np.asarray(_numpy(y))
         buf = io.BytesIO()
         np.savez(buf, **arrays)
+        return self._upload_dataset(buf.getvalue(), name=name, category=category)
+
+    def push_dataset_file(self, path: str | Path, *, name: str, category: str | None = None) -> dict:
+        """Upload an existing .npz file (array `x`, optional `y`) as a dataset."""
+        return self._upload_dataset(Path(path).read_bytes(), name=name, category=category)
+
+    def _upload_dataset(self, npz: bytes, *, name: str, category: str | None) -> dict:
         meta = {"name": name, **({"category": category} if category else {})}
-        files = {"file": (f"{name}.npz", buf.getvalue(), "application/octet-stream")}
+        files = {"file": (f"{name}.npz", npz, "application/octet-stream")}
         return self._http.json("POST", "/v1/datasets", files=files, data={"meta": json.dumps(meta)})
 
     # -- jobs, compositions, inference ------------------------------------------------------------

@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from graft._http import GraftError, Http, ServerUnreachable, iter_sse
+from graft._http import GraftError, Http, iter_sse
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -48,10 +48,10 @@ def job_updates(
             yield state
             if state.get("status") in FINAL or (deadline and time.monotonic() > deadline):
                 break
-    except GraftError as exc:
-        if isinstance(exc, ServerUnreachable):
-            raise
-        # No event stream (or it broke off): polling below gives the same states, only coarser.
+    except GraftError:
+        # No event stream, or it broke off or went quiet: polling gives the same states, only coarser
+        # (and raises ServerUnreachable itself when the server is really gone).
+        pass
     while True:
         state = http.json("GET", f"/v1/jobs/{job_id}")
         yield state
