@@ -17,6 +17,7 @@ from app.db import migrate
 from app.db.session import make_engine, make_sessionmaker
 from app.errors import install_error_handlers
 from app.jobs.router import router as jobs_router
+from app.logging import RequestIdMiddleware, configure_logging
 from app.modules.router import router as modules_router
 from app.ops.router import router as ops_router
 from app.storage import open_store
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> FastAPI:
     """Build the API for `settings` (default: from the environment); migrates the database first."""
     settings = settings or get_settings()
+    configure_logging(json=settings.log_json)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     if migrate_db:
@@ -54,6 +56,7 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.store = open_store(settings)
     install_error_handlers(app)
+    app.add_middleware(RequestIdMiddleware)
     for router in (
         ops_router, auth_router, modules_router, datasets_router, jobs_router, compositions_router,
         web_router,
