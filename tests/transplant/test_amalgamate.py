@@ -91,7 +91,8 @@ def test_student_classifies_union_and_is_smaller(digits, teachers):
 
 def test_fam_fold_is_exact():
     torch.manual_seed(0)
-    feats = StudentFeatures(StudentConfig(input_shape=(3, 12, 12), widths=(8, 16, 4), pools=(2, 1, 2)), "default")
+    cfg = StudentConfig(input_shape=(3, 12, 12), widths=(8, 16, 4), pools=(2, 1, 2))
+    feats = StudentFeatures(cfg, "default")
     x = torch.randn(5, 3, 12, 12)
     with torch.no_grad():
         before = [b.pre_activation(x) for b in feats.blocks[:1]] + [feats(x)]
