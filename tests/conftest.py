@@ -21,6 +21,8 @@ from app.main import create_app
 
 torch.set_num_threads(1)
 
+pytest_plugins = ["tests.services"]
+
 PG_ADMIN_DSN = os.environ.get("GRAFT_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 REDIS_URL = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 ADMIN_TOKEN = "test-bootstrap-admin-token"
@@ -67,5 +69,29 @@ def admin_headers() -> dict[str, str]:
 def embedded_client(embedded_settings: Settings) -> Iterator[TestClient]:
     """A TestClient on the embedded defaults, authenticated as admin by default."""
     app = create_app(embedded_settings)
+    with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        yield client
+
+
+BACKENDS = ("sqlite_local", "postgres_s3")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
+    """Settings for each configuration the API tests run on: SQLite+folder, PostgreSQL+SeaweedFS S3."""
+    if request.param == "sqlite_local":
+        return Settings(data_dir=tmp_path / "graft", bootstrap_token=ADMIN_TOKEN)
+    from tests.services import s3_settings
+
+    return s3_settings(
+        request.getfixturevalue("seaweedfs"), request.getfixturevalue("pg_database"), tmp_path / "graft",
+        bootstrap_token=ADMIN_TOKEN,
+    )
+
+
+@pytest.fixture
+def api(backend_settings: Settings) -> Iterator[TestClient]:
+    """A TestClient (admin header set) on each backend configuration in turn."""
+    app = create_app(backend_settings)
     with TestClient(app, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         yield client

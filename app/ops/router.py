@@ -1,3 +1,70 @@
-from fastapi import APIRouter
+"""Operations: liveness, readiness (database, object store, queue) and Prometheus metrics."""
 
-router = APIRouter()
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
+
+from app.ops.metrics import REGISTRY, MetricsRoute
+
+log = logging.getLogger(__name__)
+router = APIRouter(tags=["operations"], route_class=MetricsRoute)
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+def _check_queue(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+@router.get("/readyz", responses={503: {"description": "A backend is unreachable; `checks` says which."}})
+def readyz(request: Request) -> JSONResponse:
+    """Whether the database, the object store and (when configured) the queue answer."""
+    state = request.app.state
+    checks: dict[str, str] = {}
+    try:
+        with state.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        checks["database"] = "ok"
+    except Exception as exc:  # any failure means not ready; the reason goes to the log
+        log.warning("readyz: database: %s", exc)
+        checks["database"] = "unreachable"
+    try:
+        state.store.ping()
+        checks["object_store"] = "ok"
+    except Exception as exc:
+        log.warning("readyz: object store: %s", exc)
+        checks["object_store"] = "unreachable"
+    broker = state.settings.broker_url
+    if broker and broker.startswith(("redis://", "rediss://")):
+        try:
+            _check_queue(broker)
+            checks["queue"] = "ok"
+        except Exception as exc:
+            log.warning("readyz: queue: %s", exc)
+            checks["queue"] = "unreachable"
+    down = [name for name, status in checks.items() if status != "ok"]
+    if down:
+        detail = f"Not ready: {', '.join(down)} unreachable; check that backend and retry."
+        return JSONResponse({"detail": detail, "checks": checks}, status_code=503)
+    return JSONResponse({"status": "ready", "checks": checks})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics() -> PlainTextResponse:
+    """Prometheus text exposition of Graft's request metrics."""
+    return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,83 @@
+"""Load and probe an uploaded artifact in a child process: time-limited, and its memory is not ours.
+
+A torch op cannot be interrupted inside a thread, so the only honest time limit is a process that can
+be killed. Children fork from a forkserver that has already imported torch, so each probe starts in
+milliseconds; the API process never holds the artifact's weights.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+from pathlib import Path
+
+_PRELOAD = ["torch", "transplant.artifacts", "app.modules.probe"]
+_lock = threading.Lock()
+_context = None
+
+
+class ProbeFailed(Exception):
+    """The artifact did not load or run; `pickled` marks a refused pickle (415)."""
+
+    def __init__(self, message: str, *, pickled: bool = False, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.pickled = pickled
+        self.timed_out = timed_out
+
+
+def _ctx():
+    global _context
+    with _lock:
+        if _context is None:
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(_PRELOAD)
+            _context = ctx
+    return _context
+
+
+def _child(conn, path: str, format: str, arch: dict | None, input_shape: list) -> None:  # noqa: ANN001
+    import torch
+
+    from transplant import artifacts
+
+    torch.set_num_threads(1)
+    try:
+        module = artifacts.load_module(Path(path), format, arch)
+        conn.send(("ok", artifacts.probe_output_shape(module, input_shape)))
+    except artifacts.PickledArtifact as exc:
+        conn.send(("pickled", str(exc)))
+    except artifacts.ArtifactError as exc:
+        conn.send(("error", str(exc)))
+    except BaseException as exc:  # noqa: BLE001 - anything else is still the artifact's fault
+        conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
+    finally:
+        conn.close()
+
+
+def probe_artifact(
+    path: Path, format: str, arch: dict | None, input_shape: list, *, timeout_s: float
+) -> list[int | None]:
+    """Output shape of the artifact run once on zeros of `input_shape`; ProbeFailed otherwise."""
+    ctx = _ctx()
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, str(path), format, arch, list(input_shape)), daemon=True)
+    proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout_s):
+            raise ProbeFailed(
+                f"loading and running the module on input_shape took longer than {timeout_s:g} s",
+                timed_out=True,
+            )
+        try:
+            status, value = parent.recv()
+        except EOFError:
+            raise ProbeFailed("the module crashed the loader (out of memory or a native error)") from None
+    finally:
+        parent.close()
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+    if status == "ok":
+        return value
+    raise ProbeFailed(value, pickled=status == "pickled")

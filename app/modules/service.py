@@ -1,0 +1,211 @@
+"""Modules and their immutable versions: create, resolve references, register artifacts, move aliases.
+
+Services never commit: the caller (a route or a job) commits once, and on a failed commit calls
+`discard_orphan` so a stored object that no row references is removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app.config import Settings
+from app.errors import BackendUnavailable, Conflict, NotFound, Unprocessable, UnsupportedFormat
+from app.models import Module, ModuleVersion
+from app.modules import repository
+from app.modules.probe import ProbeFailed, probe_artifact
+from app.modules.schemas import ALIAS_PATTERN, NAME_PATTERN, VersionMeta
+from app.storage import ArtifactStore, key_for
+from transplant.artifacts import shape_elements
+
+log = logging.getLogger(__name__)
+_NUMBER = re.compile(r"^[0-9]{1,9}$")
+
+
+def get_module(session: Session, name: str) -> Module:
+    """The module called `name`, or NotFound."""
+    module = repository.get_by_name(session, name)
+    if module is None:
+        raise NotFound(f"No module is called {name!r}; create it with POST /v1/modules first.")
+    return module
+
+
+def create_module(
+    session: Session, *, name: str, kind: str, category: str | None = None, task: str | None = None,
+    description: str | None = None, owner_token_id: int | None = None,
+) -> Module:
+    """Create a module; Conflict if the name is taken."""
+    if not re.match(NAME_PATTERN, name):
+        raise Unprocessable(f"Module name {name!r} is invalid; use lowercase letters, digits, '.', '_' or '-'.")
+    if repository.get_by_name(session, name) is not None:
+        raise Conflict(f"A module called {name!r} already exists; pick another name or upload a new version.")
+    module = Module(
+        name=name, kind=kind, category=category, task=task, description=description,
+        owner_token_id=owner_token_id,
+    )
+    session.add(module)
+    try:
+        with session.begin_nested():
+            session.flush()
+    except IntegrityError:
+        raise Conflict(f"A module called {name!r} already exists; pick another name.") from None
+    return module
+
+
+def _parse_ref(ref: str | dict) -> tuple[str, str]:
+    if isinstance(ref, dict):
+        if not isinstance(ref.get("name"), str) or ref.get("version") in (None, ""):
+            raise Unprocessable('A module reference object needs "name" and "version", e.g. {"name": "f", "version": 1}.')
+        return ref["name"], str(ref["version"])
+    if not isinstance(ref, str) or not ref:
+        raise Unprocessable('A module reference must be "name@N", "name@alias", "name" or {"name", "version"}.')
+    name, _, selector = ref.partition("@")
+    return name, selector or "latest"
+
+
+def find_version(session: Session, module: Module, selector: str) -> ModuleVersion:
+    """The version of `module` named by a number, an alias or `latest`; NotFound otherwise."""
+    if _NUMBER.match(selector):
+        version = repository.get_version(session, module.id, int(selector))
+    elif selector == "latest":
+        version = repository.get_latest(session, module.id)
+        if version is None:
+            raise NotFound(f"Module {module.name!r} has no versions yet; upload one first.")
+    else:
+        version = repository.get_by_alias(session, module.id, selector)
+    if version is None:
+        raise NotFound(f"Module {module.name!r} has no version or alias {selector!r}; list its versions to pick one.")
+    return version
+
+
+def resolve_version(session: Session, ref: str | dict) -> ModuleVersion:
+    """The version a reference names ("name@N", "name@alias", "name", {"name","version"}); `.module` loaded."""
+    name, selector = _parse_ref(ref)
+    return find_version(session, get_module(session, name), selector)
+
+
+def version_ref(version: ModuleVersion) -> dict:
+    """`{"name", "version"}` of a version (its module must be loaded)."""
+    return {"name": version.module.name, "version": version.version}
+
+
+def parse_meta(meta: dict) -> VersionMeta:
+    """Validate an upload's meta; Unprocessable with a readable sentence."""
+    try:
+        return VersionMeta.model_validate(meta)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:4]:
+            where = ".".join(str(p) for p in err["loc"]) or "meta"
+            parts.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        raise Unprocessable("Invalid meta: " + "; ".join(parts) + ".") from None
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _probe(settings: Settings, path: Path, meta: VersionMeta) -> list[int | None]:
+    elements = shape_elements(meta.input_shape, batch=2)
+    if elements > settings.probe_max_elements:
+        raise Unprocessable(
+            f"input_shape {meta.input_shape} needs {elements} elements to probe, over the server's limit "
+            f"of {settings.probe_max_elements} (GRAFT_PROBE_MAX_ELEMENTS); check the shape."
+        )
+    try:
+        return probe_artifact(path, meta.format, meta.arch, meta.input_shape, timeout_s=settings.probe_timeout_s)
+    except ProbeFailed as exc:
+        if exc.pickled:
+            raise UnsupportedFormat(f"Refused: {exc}.") from None
+        raise Unprocessable(f"The artifact was not accepted: {exc}.") from None
+
+
+def add_version(
+    session: Session, store: ArtifactStore, settings: Settings, *, module: Module, file_path: Path,
+    meta: dict, parents: list[dict] = (), job_id: str | None = None, job_role: str | None = None,
+    sha256: str | None = None,
+) -> tuple[ModuleVersion, bool]:
+    """Validate, probe and store an artifact, then add its version row (flushed, not committed).
+
+    Idempotent: the same bytes in this module, or the same (job_id, job_role), return the existing
+    version with created=False. The object is stored before the row exists, so a row never points at
+    missing bytes; the caller commits and on failure calls `discard_orphan`.
+    """
+    parsed = parse_meta(meta)
+    if job_id is not None:
+        existing = repository.get_by_job(session, job_id, job_role)
+        if existing is not None:
+            return existing, False
+    if sha256 is None:
+        sha256, size = file_sha256(file_path)
+    else:
+        size = file_path.stat().st_size
+    if size == 0:
+        raise Unprocessable("The artifact file is empty; attach the saved module as `file`.")
+    existing = repository.get_by_sha(session, module.id, sha256)
+    if existing is not None:
+        return existing, False
+    output_shape = _probe(settings, file_path, parsed)
+    key = key_for(sha256)
+    try:
+        store.put_file(file_path, key)
+    except Exception as exc:
+        log.warning("artifact store put failed for %s: %s", key, exc)
+        raise BackendUnavailable("The artifact store is unreachable right now; retry the upload.") from None
+    for _attempt in range(5):
+        repository.lock(session, module.id)
+        version = ModuleVersion(
+            module_id=module.id, version=repository.max_version(session, module.id) + 1, sha256=sha256,
+            size=size, format=parsed.format, storage_key=key, input_shape=parsed.input_shape,
+            output_shape=output_shape, arch=parsed.arch, trained_on=parsed.trained_on,
+            metrics=parsed.metrics, description=parsed.description, parents=[dict(p) for p in parents],
+            job_id=job_id, job_role=job_role,
+        )
+        try:
+            with session.begin_nested():
+                session.add(version)
+                session.flush()
+            # Loaded without touching Module.versions (lazy="raise"), so callers can read .module.
+            set_committed_value(version, "module", module)
+            return version, True
+        except IntegrityError:
+            # Another upload won the race: for the same bytes, theirs is ours; else renumber.
+            existing = repository.get_by_sha(session, module.id, sha256)
+            if existing is not None:
+                return existing, False
+    raise Conflict("Too many concurrent uploads to this module; retry in a moment.")
+
+
+def discard_orphan(session: Session, store: ArtifactStore, sha256: str) -> None:
+    """After a failed commit: delete the object of `sha256` unless a committed row references it."""
+    try:
+        if not repository.object_in_use(session, sha256):
+            store.delete(key_for(sha256))
+    except Exception as exc:  # the sweeper will find it later; the client's error matters more
+        log.warning("could not clean up object %s: %s", sha256, exc)
+
+
+def set_alias(session: Session, *, module: Module, alias: str, number: int) -> ModuleVersion:
+    """Point `alias` of `module` at its version `number`."""
+    if not re.match(ALIAS_PATTERN, alias) or alias == "latest":
+        raise Unprocessable(
+            f"Alias {alias!r} is invalid; start with a letter, use lowercase letters, digits, '.', '_' or '-' "
+            "(and not `latest`)."
+        )
+    version = repository.get_version(session, module.id, number)
+    if version is None:
+        raise NotFound(f"Module {module.name!r} has no version {number}; list its versions to pick one.")
+    repository.set_alias(session, module_id=module.id, alias=alias, version_id=version.id)
+    return version

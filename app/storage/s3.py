@@ -1,0 +1,94 @@
+"""Artifact store on any S3 server (AWS, MinIO, SeaweedFS) through boto3.
+
+Uploads above `s3_multipart_threshold` go as concurrent multipart uploads (boto3's TransferConfig);
+downloads stream the object body in chunks, so neither direction holds a whole artifact in memory.
+Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, profiles, roles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from app.config import Settings
+from app.storage.base import ArtifactStore
+
+
+class S3ArtifactStore(ArtifactStore):
+    def __init__(
+        self, bucket: str, prefix: str = "", *, endpoint_url: str | None = None, region: str = "us-east-1",
+        multipart_threshold: int = 16 * 1024 * 1024,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint_url, region_name=region,
+            config=Config(
+                retries={"max_attempts": 3, "mode": "standard"}, connect_timeout=5, read_timeout=60,
+                max_pool_connections=32, s3={"addressing_style": "path"},
+            ),
+        )
+        self.transfer = TransferConfig(
+            multipart_threshold=multipart_threshold, multipart_chunksize=max(8 * 1024 * 1024, multipart_threshold // 2),
+            max_concurrency=8, use_threads=True,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3ArtifactStore:
+        parsed = urlparse(settings.resolved_artifacts_url)
+        return cls(
+            parsed.netloc, parsed.path, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region,
+            multipart_threshold=settings.s3_multipart_threshold,
+        )
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_file(self, path: Path, key: str) -> None:
+        # Content-addressed: an existing object already holds these exact bytes.
+        if self.exists(key):
+            return
+        self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def iter_bytes(self, key: str, chunk_size: int = 1024 * 1024) -> Iterator[bytes]:
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        return self._chunks(body, chunk_size)
+
+    @staticmethod
+    def _chunks(body, chunk_size: int) -> Iterator[bytes]:  # noqa: ANN001
+        try:
+            yield from body.iter_chunks(chunk_size)
+        finally:
+            body.close()
+
+    def get_to_file(self, key: str, path: Path) -> None:
+        self.client.download_file(self.bucket, self._key(key), str(path), Config=self.transfer)
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def list_keys(self, prefix: str = "sha256/") -> Iterator[str]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for obj in page.get("Contents", ()):
+                yield obj["Key"][strip:]
+
+    def ping(self) -> None:
+        self.client.head_bucket(Bucket=self.bucket)
