@@ -1,0 +1,174 @@
+"""Dynamic batching: concurrent predict requests of one composition share one forward pass.
+
+Each composition being served has one batcher thread. Requests (from FastAPI's threadpool) put their
+input on its queue and wait on a future. The thread takes what is queued, up to `max_batch` inputs,
+stacks them, runs one forward under `torch.inference_mode()` and hands each request its rows.
+
+Waiting for company: a lone request on an idle batcher is run at once, so a quiet composition pays no
+`max_wait` latency. Once the previous batch held more than one request (there is concurrent load) the
+thread waits up to `max_wait` for more to join before running. Under load requests also pile up while
+the previous forward runs, which is where most of the batching comes from.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+log = logging.getLogger(__name__)
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class _Item:
+    x: torch.Tensor  # (n, *input_shape)
+    future: Future = field(default_factory=Future)
+
+    @property
+    def rows(self) -> int:
+        return int(self.x.shape[0])
+
+
+class Batcher:
+    """The batching thread of one composition."""
+
+    def __init__(
+        self, key: str, forward: Forward, *, max_batch: int, max_wait_s: float, idle_s: float,
+        retire: Callable[[Batcher], bool],
+    ) -> None:
+        self.key = key
+        self.forward = forward
+        self.max_batch = max(1, max_batch)
+        self.max_wait_s = max(0.0, max_wait_s)
+        self.idle_s = idle_s
+        self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._retire = retire
+        self._carry: deque[_Item] = deque()
+        self._last_batch_requests = 0
+        self.batches = 0
+        self.requests = 0
+        self.thread = threading.Thread(target=self._loop, name=f"graft-batcher-{key[:8]}", daemon=True)
+
+    def _next(self, timeout: float | None) -> _Item | None:
+        if self._carry:
+            return self._carry.popleft()
+        if timeout is not None and timeout <= 0:
+            return self.queue.get_nowait()
+        return self.queue.get(timeout=timeout)
+
+    def _loop(self) -> None:
+        stopping = False
+        while not stopping:
+            try:
+                first = self._next(self.idle_s)
+            except queue.Empty:
+                if self._retire(self):
+                    return
+                continue
+            if first is None:
+                return
+            batch, rows = [first], first.rows
+            wait = self.max_wait_s if self._last_batch_requests > 1 else 0.0
+            deadline = time.monotonic() + wait
+            while rows < self.max_batch:
+                try:
+                    item = self._next(deadline - time.monotonic())
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                if rows + item.rows > self.max_batch:
+                    self._carry.append(item)
+                    break
+                batch.append(item)
+                rows += item.rows
+            self._last_batch_requests = len(batch)
+            self._run(batch)
+
+    def _run(self, batch: list[_Item]) -> None:
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            x = batch[0].x if len(batch) == 1 else torch.cat([item.x for item in batch])
+            with torch.inference_mode():
+                y = self.forward(x)  # (rows, *output_shape)
+            if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
+                raise RuntimeError("the composition's output does not keep the batch dimension first")
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+            if len(batch) == 1:
+                batch[0].future.set_exception(exc)
+                return
+            # A module that cannot take this stacked batch (e.g. exported with a fixed batch size)
+            # still answers each request on its own; each gets its own result or error.
+            log.info("batched forward of %s failed (%s); running its %d requests one by one",
+                     self.key, exc, len(batch))
+            for item in batch:
+                self._run([item])
+            return
+        start = 0
+        for item in batch:
+            item.future.set_result(y[start:start + item.rows])
+            start += item.rows
+
+
+class BatcherPool:
+    """The batchers of all compositions being served; an idle batcher's thread ends after `idle_s`."""
+
+    def __init__(self, *, max_batch: int, max_wait_s: float, idle_s: float = 60.0) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.idle_s = idle_s
+        self._batchers: dict[str, Batcher] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def submit(self, key: str, forward: Forward, x: torch.Tensor) -> Future:
+        """Queue `x` (n, *input_shape) for composition `key`; the future gets its (n, *output_shape)."""
+        item = _Item(x)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+            batcher = self._batchers.get(key)
+            if batcher is None:
+                batcher = Batcher(
+                    key, forward, max_batch=self.max_batch, max_wait_s=self.max_wait_s,
+                    idle_s=self.idle_s, retire=self._retire,
+                )
+                self._batchers[key] = batcher
+                batcher.thread.start()
+            # Queued under the pool lock: a batcher retiring at this moment cannot miss the item.
+            batcher.queue.put(item)
+        return item.future
+
+    def _retire(self, batcher: Batcher) -> bool:
+        with self._lock:
+            if not batcher.queue.empty() or batcher._carry:
+                return False
+            if self._batchers.get(batcher.key) is batcher:
+                del self._batchers[batcher.key]
+            return True
+
+    def active(self) -> int:
+        with self._lock:
+            return len(self._batchers)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop accepting requests, let every batcher finish what is queued, and join the threads."""
+        with self._lock:
+            self._closed = True
+            batchers = list(self._batchers.values())
+            self._batchers.clear()
+        for b in batchers:
+            b.queue.put(None)
+        for b in batchers:
+            b.thread.join(timeout)

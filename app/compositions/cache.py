@@ -1,0 +1,90 @@
+"""An LRU cache of loaded compositions, bounded by the bytes of their parameters and buffers."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from transplant.compose import parameter_bytes
+
+
+@dataclass
+class _Entry:
+    module: nn.Module
+    nbytes: int
+
+
+class ModelCache:
+    """Loaded modules by key; least recently used ones are dropped once `max_bytes` is exceeded.
+
+    A module larger than the whole bound is served but not kept. Two threads asking for the same
+    missing key load it once (a per-key lock); loads of different keys run in parallel.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[str, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self._loading: dict[str, threading.Lock] = {}
+        self.bytes = 0
+        self.hits = self.misses = self.evictions = 0
+
+    def get(self, key: str, load: Callable[[], nn.Module]) -> nn.Module:
+        """The module under `key`, loaded by `load()` on a miss."""
+        with self._lock:
+            entry = self._hit(key)
+            if entry is not None:
+                return entry.module
+            key_lock = self._loading.setdefault(key, threading.Lock())
+        with key_lock:
+            with self._lock:
+                entry = self._hit(key)
+                if entry is not None:
+                    return entry.module
+                self.misses += 1
+            try:
+                module = load()
+            finally:
+                with self._lock:
+                    self._loading.pop(key, None)
+            self._insert(key, module)
+            return module
+
+    def _hit(self, key: str) -> _Entry | None:
+        entry = self._items.get(key)
+        if entry is not None:
+            self._items.move_to_end(key)
+            self.hits += 1
+        return entry
+
+    def _insert(self, key: str, module: nn.Module) -> None:
+        nbytes = parameter_bytes(module)
+        with self._lock:
+            if nbytes > self.max_bytes or key in self._items:
+                return
+            self._items[key] = _Entry(module, nbytes)
+            self.bytes += nbytes
+            while self.bytes > self.max_bytes:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.nbytes
+                self.evictions += 1
+
+    def __contains__(self, key: str) -> bool:
+        with self._lock:
+            return key in self._items
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self.bytes = 0
+
+    def stats(self) -> dict:
+        with self._lock:
+            return {
+                "entries": len(self._items), "bytes": self.bytes, "max_bytes": self.max_bytes,
+                "hits": self.hits, "misses": self.misses, "evictions": self.evictions,
+            }

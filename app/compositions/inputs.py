@@ -1,0 +1,134 @@
+"""Decode and check predict inputs (JSON or .npy), encode outputs in the same encoding."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import numpy as np
+from fastapi import Request
+
+from app.errors import BadRequest, TooLarge, Unprocessable, UnsupportedFormat
+
+NPY_TYPES = ("application/x-npy", "application/octet-stream")
+# A JSON number takes at most ~25 bytes (e.g. -1.2345678901234567e-123, plus separators).
+JSON_BYTES_PER_VALUE = 32
+OVERHEAD_BYTES = 64 * 1024
+
+
+def body_limit(input_shape: tuple, max_batch: int) -> int:
+    """Most bytes a predict body of `max_batch` inputs can need, in either encoding."""
+    per_sample = math.prod(int(d) if d is not None else 1 for d in input_shape[1:])
+    return max_batch * per_sample * JSON_BYTES_PER_VALUE + OVERHEAD_BYTES
+
+
+MAX_BODY_BYTES = 256 * 1024 * 1024
+
+
+async def read_body(request: Request) -> bytes:
+    """The raw request body (an async dependency, so the `def` route stays in the threadpool).
+
+    Reading stops at MAX_BODY_BYTES; the route then holds the body to the composition's own limit.
+    """
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise TooLarge(f"The body is larger than {MAX_BODY_BYTES} bytes; send fewer inputs per request.")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TooLarge(f"The body is larger than {MAX_BODY_BYTES} bytes; send fewer inputs per request.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def encoding_of(content_type: str | None) -> str:
+    """"json" or "npy" from a Content-Type; UnsupportedFormat for anything else."""
+    media = (content_type or "application/json").split(";")[0].strip().lower()
+    if media in NPY_TYPES:
+        return "npy"
+    if media == "application/json" or media.endswith("+json"):
+        return "json"
+    raise UnsupportedFormat(
+        f"Content-Type {media!r} is not accepted; send application/json with {{\"inputs\": [...]}} "
+        "or application/x-npy with an .npy array."
+    )
+
+
+def decode(body: bytes, encoding: str) -> np.ndarray:
+    """The input array of a predict body (any dtype; `check` validates it)."""
+    if not body:
+        raise BadRequest("The request body is empty; send {\"inputs\": [...]} or an .npy array.")
+    if encoding == "npy":
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
+        except ValueError as exc:
+            if "pickle" in str(exc).lower() or "object" in str(exc).lower():
+                raise Unprocessable("The .npy array holds Python objects; send a numeric array.") from None
+            raise _not_npy(exc) from None
+        except (OSError, EOFError) as exc:
+            raise _not_npy(exc) from None
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body is not valid JSON; send {\"inputs\": [...]}.") from None
+    if not isinstance(payload, dict) or "inputs" not in payload:
+        raise Unprocessable("The JSON body needs an \"inputs\" field: a nested list, N × input_shape.")
+    if not isinstance(payload["inputs"], list):
+        raise Unprocessable("\"inputs\" must be a nested list of numbers, N × input_shape.")
+    try:
+        return np.asarray(payload["inputs"])
+    except ValueError:
+        raise Unprocessable(
+            "\"inputs\" is ragged: its nested lists have different lengths; every input must have "
+            "the composition's input shape."
+        ) from None
+
+
+def _not_npy(exc: Exception) -> BadRequest:
+    return BadRequest(f"The body is not a valid .npy file ({exc}); write it with numpy.save.")
+
+
+def _shape_text(shape: tuple) -> str:
+    return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
+
+
+def check(x: np.ndarray, input_shape: tuple, max_batch: int) -> np.ndarray:
+    """`x` as a float32 batch of `input_shape`; 4xx naming what is wrong otherwise."""
+    expected = _shape_text(input_shape)
+    if x.dtype.kind not in "iuf":
+        what = {"b": "booleans", "U": "strings", "S": "bytes", "O": "non-numbers (null, objects or "
+                "strings)", "c": "complex numbers"}.get(x.dtype.kind, f"dtype {x.dtype}")
+        raise Unprocessable(f"inputs hold {what}; send real numbers (they are read as float32).")
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise Unprocessable(f"inputs is empty; send at least one input, shape {expected}.")
+    batch_first = input_shape and input_shape[0] is None
+    if not batch_first:
+        raise Unprocessable("This composition's input shape has no batch dimension; it cannot be served.")
+    if x.ndim != len(input_shape) or any(
+        d is not None and int(d) != n for d, n in zip(input_shape[1:], x.shape[1:], strict=False)
+    ):
+        hint = (" (a single input needs the batch dimension: wrap it in a list)"
+                if list(x.shape) == [d for d in input_shape[1:]] else "")
+        raise Unprocessable(f"inputs have shape {list(x.shape)} but this composition expects "
+                            f"{expected}, N inputs of shape {list(input_shape[1:])}{hint}.")
+    if x.shape[0] > max_batch:
+        raise TooLarge(f"{x.shape[0]} inputs in one request exceed the limit of {max_batch}; "
+                       f"split them into requests of at most {max_batch}.")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise Unprocessable(f"inputs hold {bad} NaN or infinite value(s) (or numbers too large for "
+                            "float32); send finite numbers.")
+    return x
+
+
+def encode_npy(y: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(y), allow_pickle=False)
+    return buf.getvalue()
+
+
+def encode_json(y: np.ndarray) -> bytes:
+    return json.dumps({"outputs": y.tolist()}, separators=(",", ":")).encode()

@@ -1,0 +1,113 @@
+"""Which pieces serve a category × task cell: the rule behind cell compositions and the grid.
+
+Order of preference among candidate versions ("aliases first, then newest"): a version that any alias
+points at comes before one without an alias; among equals the newer (higher row id) comes first.
+
+A cell (c, t) is, in this order:
+- **native** when a task module version of task t lists c in its `trained_on` (it is the head of c's
+  own teacher network) and a category module version of category c outputs exactly its input shape:
+  f_c → g_t with no adapter.
+- **transplanted** when an adapter module of (c, t) has a version whose lineage (or, without lineage,
+  shapes) links a category module of c to a task module of t: f_c → h_{c,t} → g_t. Lineage parents
+  are used first: a category-module parent of category c, a task-module parent of task t whose role
+  says `student` (the generic module the adapter was trained for). Without them, the preferred
+  category version whose output fits the adapter's input, and the preferred task version whose input
+  the adapter's output fits (task modules not trained on c, i.e. generic ones, first).
+- **running** when a transplant job for (c, t) is queued or running (reported by the grid only).
+- **missing** otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from app.models import ModuleVersion
+from transplant.compose import shapes_fit
+
+
+@dataclass(frozen=True)
+class Pick:
+    """The pieces chosen for a cell."""
+
+    status: str  # native | transplanted
+    category: ModuleVersion
+    adapter: ModuleVersion | None
+    task: ModuleVersion
+
+
+@dataclass
+class Candidates:
+    """Versions of category, task and adapter modules, each list in order of preference."""
+
+    categories: dict[str, list[ModuleVersion]]
+    tasks: dict[str, list[ModuleVersion]]
+    adapters: dict[tuple[str, str], list[ModuleVersion]]
+
+    @classmethod
+    def build(
+        cls, category_versions: list[ModuleVersion], task_versions: list[ModuleVersion],
+        adapter_versions: list[ModuleVersion], aliased: set[int],
+    ) -> Candidates:
+        def order(versions: list[ModuleVersion]) -> list[ModuleVersion]:
+            return sorted(versions, key=lambda v: (v.id in aliased, v.id), reverse=True)
+
+        cats: dict[str, list[ModuleVersion]] = defaultdict(list)
+        tasks: dict[str, list[ModuleVersion]] = defaultdict(list)
+        adapters: dict[tuple[str, str], list[ModuleVersion]] = defaultdict(list)
+        for v in category_versions:
+            if v.module.category:
+                cats[v.module.category].append(v)
+        for v in task_versions:
+            if v.module.task:
+                tasks[v.module.task].append(v)
+        for v in adapter_versions:
+            if v.module.category and v.module.task:
+                adapters[(v.module.category, v.module.task)].append(v)
+        return cls(
+            {k: order(v) for k, v in cats.items()},
+            {k: order(v) for k, v in tasks.items()},
+            {k: order(v) for k, v in adapters.items()},
+        )
+
+
+def pick_native(cands: Candidates, category: str, task: str) -> Pick | None:
+    for g in cands.tasks.get(task, []):
+        if category not in (g.trained_on or []):
+            continue
+        for f in cands.categories.get(category, []):
+            if list(f.output_shape) == list(g.input_shape):
+                return Pick("native", f, None, g)
+    return None
+
+
+def _lineage(adapter: ModuleVersion, versions: list[ModuleVersion], role_word: str | None) -> list:
+    by_ref = {(v.module.name, v.version): v for v in versions}
+    found = []
+    for parent in adapter.parents or []:
+        if not isinstance(parent, dict):
+            continue
+        v = by_ref.get((parent.get("name"), parent.get("version")))
+        if v is not None and (role_word is None or role_word in str(parent.get("role", ""))):
+            found.append(v)
+    return found
+
+
+def pick_transplanted(cands: Candidates, category: str, task: str) -> Pick | None:
+    fs = cands.categories.get(category, [])
+    gs = cands.tasks.get(task, [])
+    # Generic task modules (not trained on this category) before teachers' own heads.
+    gs_generic_first = sorted(gs, key=lambda g: category in (g.trained_on or []))
+    for h in cands.adapters.get((category, task), []):
+        f_pool = _lineage(h, fs, None) + fs
+        g_pool = _lineage(h, gs, "student") + gs_generic_first
+        f = next((f for f in f_pool if shapes_fit(f.output_shape, h.input_shape)), None)
+        g = next((g for g in g_pool if shapes_fit(h.output_shape, g.input_shape)), None)
+        if f is not None and g is not None:
+            return Pick("transplanted", f, h, g)
+    return None
+
+
+def pick_cell(cands: Candidates, category: str, task: str) -> Pick | None:
+    """The pieces for (category, task) by the rule above, or None when the cell cannot be served."""
+    return pick_native(cands, category, task) or pick_transplanted(cands, category, task)
