@@ -1,0 +1,166 @@
+"""Adapter search: exact child extraction, ranking, warm starts, end to end, cancellation."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from tests.transplant.conftest import tiny_nets
+from transplant import Cancelled, TrainConfig
+from transplant.adapters import build_adapter, load_adapter, save_adapter
+from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
+from transplant.search.space import Candidate
+
+SMALL = dict(widths=(4, 8), depths=(1, 2, 3), kernels=(1, 3))
+FAST = TrainConfig(batch_size=8, lr=1e-2, val_fraction=0.25, patience=2)
+
+
+def _perturbed(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Every weight visibly non-trivial, so a wrong slice cannot hide behind an identity init."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.3)
+    return net
+
+
+@pytest.mark.parametrize(
+    "in_shape,out_shape",
+    [((4, 6, 6), (4, 6, 6)), ((4, 6, 6), (5, 3, 3)), ((4, 3, 3), (4, 6, 6)), ((7,), (7,)), ((2, 3, 3), (5,))],
+)
+def test_extracted_child_equals_supernet_path(in_shape, out_shape):
+    space = SearchSpace.for_shapes(in_shape, out_shape, **SMALL)
+    torch.manual_seed(0)
+    net = _perturbed(SuperNet(space))
+    x = torch.randn(3, *in_shape)
+    cands = space.candidates()
+    assert len(cands) == len(set(cands)) > 4
+    for c in cands:
+        child = net.extract(c)
+        assert tuple(child(x).shape) == (3, *out_shape)
+        with torch.no_grad():
+            assert torch.allclose(child(x), net(x, c), atol=1e-6, rtol=0), c
+        # The extracted child is an ordinary adapter: its state dict loads into build_adapter's.
+        build_adapter(space.config(c)).load_state_dict(child.state_dict(), strict=True)
+
+
+def test_space_choices_are_canonical():
+    conv = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
+    assert len(conv.candidates()) == 2 + 2 * 2 * 2 * 2  # depth 1: kernel only; deeper: w × k × skip
+    no_skip = SearchSpace.for_shapes((4, 6, 6), (5, 6, 6), **SMALL)
+    assert not any(c.skip for c in no_skip.candidates())
+    mlp = SearchSpace.for_shapes((7,), (7,), **SMALL)
+    assert {c.kernel_size for c in mlp.candidates()} == {1}
+
+
+def _teacher_through(g_s: nn.Module, mapping: nn.Module) -> nn.Module:
+    return nn.Sequential(mapping, g_s).eval()
+
+
+def test_search_ranks_the_exact_child_first():
+    _, _, g_s = tiny_nets()
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
+    torch.manual_seed(1)
+    net = _perturbed(SuperNet(space), seed=1)
+    target = Candidate(1, 0, 3, False)
+    g_t = _teacher_through(g_s, net.extract(target))  # the teacher is g_S after exactly that child
+    for p in [*g_s.parameters(), *g_t.parameters()]:
+        p.requires_grad_(False)
+    feats = torch.randn(16, 4, 6, 6)
+    ranked = search_children(net, lambda h: held_out_score(h, g_s, g_t, feats, FAST), max_candidates=64)
+    assert ranked[0][0] == target and ranked[0][1] < 1e-6 < ranked[1][1]
+    assert len(ranked) == len(space.candidates())
+    # With a budget below the space size the evolutionary search still scores exactly that many.
+    few = search_children(net, lambda h: held_out_score(h, g_s, g_t, feats, FAST), max_candidates=7)
+    assert len(few) == 7 and len({c for c, _ in few}) == 7
+
+
+def test_warm_start_picks_the_best_registered_adapter():
+    f, _, g_s = tiny_nets()
+    good = _perturbed(
+        build_adapter(SearchSpace.for_shapes((4, 6, 6), (4, 6, 6)).config(Candidate(2, 6, 3, True)))
+    )
+    g_t = _teacher_through(g_s, copy.deepcopy(good))
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6))
+    poor = _perturbed(build_adapter(space.config(Candidate(2, 6, 3, True))), seed=5)
+    other = build_adapter(space.config(Candidate(1, 0, 1, False)))
+    from transplant.adapters import adapter_spec
+
+    wrong = build_adapter(SearchSpace.for_shapes((4, 6, 6), (5, 6, 6)).config(Candidate(1, 0, 1, False)))
+    warm = [
+        ("poor", poor, adapter_spec(space.config(Candidate(2, 6, 3, True)))),
+        ("good", good, adapter_spec(space.config(Candidate(2, 6, 3, True)))),
+        ("other", other, adapter_spec(space.config(Candidate(1, 0, 1, False)))),
+        (
+            "wrong",
+            wrong,
+            adapter_spec(SearchSpace.for_shapes((4, 6, 6), (5, 6, 6)).config(Candidate(1, 0, 1, False))),
+        ),
+    ]
+    x = torch.randn(24, 3, 6, 6)
+    res = run_auto_transplant(f, g_t, g_s, x, budget={"steps": 6, **SMALL}, warm_starts=warm, train=FAST)
+    s = res.metrics["search"]
+    assert s["warm_start"] == "good"
+    scores = {w["name"]: w["score"] for w in s["warm_starts"]}
+    assert scores["good"] < min(scores["poor"], scores["other"]) and scores["wrong"] is None
+    assert s["chosen"] == warm[1][2] and res.metrics["val_loss"] <= scores["good"] + 1e-9
+
+
+def test_run_auto_transplant_saves_and_reports():
+    f, g_t, g_s = tiny_nets()
+    x, y = torch.randn(24, 3, 6, 6), torch.randint(0, 3, (24,))
+    events = []
+
+    class CB:
+        def on_step_end(self, info):
+            events.append(info)
+
+    res = run_auto_transplant(f, g_t, g_s, x, y, budget={"steps": 10, **SMALL}, train=FAST, callbacks=[CB()])
+    s = res.metrics["search"]
+    assert s["supernet_steps"] == 7 and s["finetune_steps"] <= 3 and s["warm_start"] is None
+    assert len(s["candidates"]) == 18 and s["chosen"] == res.spec == s["candidates"][0]["spec"]
+    assert [c["score"] for c in s["candidates"]] == sorted(c["score"] for c in s["candidates"])
+    assert {"teacher_agreement", "val_loss", "task_metric", "steps", "wall_s", "n_train"} <= set(res.metrics)
+    assert {e["stage"] for e in events} == {"supernet", "search", "finetune"}
+    assert [e["step"] for e in events if e["stage"] != "search"] == sorted(
+        e["step"] for e in events if e["stage"] != "search"
+    )
+    data, spec = save_adapter(res.adapter, res.config)
+    loaded = load_adapter(data, spec)
+    z = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        assert torch.equal(loaded(z), res.adapter(z))
+    for k, v in res.adapter.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+
+@pytest.mark.parametrize(
+    "limit,last_stage,scored",
+    [(0, None, 0), (3, "supernet", 0), (10, "search", 4), (24, "search", 18)],
+)
+def test_cancellation_in_every_stage(limit, last_stage, scored):
+    # 8 steps: 6 super-net steps (checks 1–6), 18 scores (7–24), then the fine-tune (25–).
+    f, g_t, g_s = tiny_nets()
+    x = torch.randn(16, 3, 6, 6)
+    count, events = {"n": 0}, []
+
+    def stop():
+        count["n"] += 1
+        return count["n"] > limit
+
+    class CB:
+        def on_step_end(self, info):
+            events.append(info["stage"])
+
+    with pytest.raises(Cancelled):
+        run_auto_transplant(
+            f, g_t, g_s, x, budget={"steps": 8, **SMALL}, train=FAST, should_stop=stop, callbacks=[CB()]
+        )
+    assert (events[-1] if events else None) == last_stage and events.count("search") == scored
+
+
+def test_budget_is_validated():
+    f, g_t, g_s = tiny_nets()
+    with pytest.raises(ValueError):
+        run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget={"stepz": 3})
