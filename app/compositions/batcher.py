@@ -43,7 +43,7 @@ class Batcher:
 
     def __init__(
         self, key: str, forward: Forward, *, max_batch: int, max_wait_s: float, idle_s: float,
-        retire: Callable[[Batcher], bool],
+        retire: Callable[[Batcher], bool], totals: dict[str, int] | None = None,
     ) -> None:
         self.key = key
         self.forward = forward
@@ -54,8 +54,7 @@ class Batcher:
         self._retire = retire
         self._carry: deque[_Item] = deque()
         self._last_batch_requests = 0
-        self.batches = 0
-        self.requests = 0
+        self.totals = totals if totals is not None else {"batches": 0, "requests": 0, "inputs": 0}
         self.thread = threading.Thread(target=self._loop, name=f"graft-batcher-{key[:8]}", daemon=True)
 
     def _next(self, timeout: float | None) -> _Item | None:
@@ -96,8 +95,9 @@ class Batcher:
             self._run(batch)
 
     def _run(self, batch: list[_Item]) -> None:
-        self.batches += 1
-        self.requests += len(batch)
+        self.totals["batches"] += 1
+        self.totals["requests"] += len(batch)
+        self.totals["inputs"] += sum(item.rows for item in batch)
         try:
             x = batch[0].x if len(batch) == 1 else torch.cat([item.x for item in batch])
             with torch.inference_mode():
@@ -131,6 +131,8 @@ class BatcherPool:
         self._batchers: dict[str, Batcher] = {}
         self._lock = threading.Lock()
         self._closed = False
+        # Served so far (approximate under races: statistics, not accounting).
+        self.totals = {"batches": 0, "requests": 0, "inputs": 0}
 
     def submit(self, key: str, forward: Forward, x: torch.Tensor) -> Future:
         """Queue `x` (n, *input_shape) for composition `key`; the future gets its (n, *output_shape)."""
@@ -142,7 +144,7 @@ class BatcherPool:
             if batcher is None:
                 batcher = Batcher(
                     key, forward, max_batch=self.max_batch, max_wait_s=self.max_wait_s,
-                    idle_s=self.idle_s, retire=self._retire,
+                    idle_s=self.idle_s, retire=self._retire, totals=self.totals,
                 )
                 self._batchers[key] = batcher
                 batcher.thread.start()

@@ -169,6 +169,9 @@ def grid(session: SessionDep, _: ReadAuth) -> Grid:
 
 @router.get("/v1/serving", tags=["ops"])
 def serving_stats(request: Request, _: ReadAuth) -> JSONResponse:
-    """The model cache (entries, bytes, hits, misses, evictions) and the number of active batchers."""
+    """The model cache (entries, bytes, hits, misses, evictions), active batchers, batches served."""
     serving = serving_of(request.app)
-    return JSONResponse({"cache": serving.cache.stats(), "batchers": serving.pool.active()})
+    return JSONResponse({
+        "cache": serving.cache.stats(), "batchers": serving.pool.active(),
+        "served": dict(serving.pool.totals),
+    })

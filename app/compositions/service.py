@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC
 
 from sqlalchemy.orm import Session
 
@@ -122,7 +123,9 @@ def to_read(
         task_module=_ref(versions[composition.task_version_id]),
         input_shape=composition.input_shape,
         output_shape=composition.output_shape,
-        created_at=composition.created_at,
+        # SQLite hands datetimes back without their zone; they were written in UTC.
+        created_at=composition.created_at if composition.created_at.tzinfo else
+        composition.created_at.replace(tzinfo=UTC),
     )
 
 
