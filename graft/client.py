@@ -237,8 +237,8 @@ class Client:
     def transplant(self, *, category_module: Ref, teacher_task_module: Ref, student_task_module: Ref,
                    dataset: str, method: str = "back_distillation", adapter: dict | str | None = None,
                    epochs: int | None = None, seed: int | None = None,
-                   result_module: str | None = None) -> Job:
-        """Request a transplant; the returned `Job` can `wait()` for it."""
+                   result_module: str | None = None, train: dict | None = None) -> Job:
+        """Request a transplant; the returned `Job` can `wait()` for it (`train`: TrainConfig knobs)."""
         body: dict[str, Any] = {
             "category_module": ref_str(category_module),
             "teacher_task_module": ref_str(teacher_task_module),
@@ -246,7 +246,8 @@ class Client:
             "dataset": dataset,
             "method": method,
         }
-        extra = {"adapter": adapter, "epochs": epochs, "seed": seed, "result_module": result_module}
+        extra = {"adapter": adapter, "epochs": epochs, "seed": seed, "result_module": result_module,
+                 "train": train}
         body.update({k: v for k, v in extra.items() if v is not None})
         data = self._http.json("POST", "/v1/transplants", json=body)
         return Job(self, {"id": data["job_id"], **data})
@@ -267,10 +268,18 @@ class Client:
             raise ValueError("compose needs (category, task) or explicit category_module and task_module")
         return self._http.json("POST", "/v1/compositions", json=body)
 
-    def predict(self, composition_id: str, x: Any) -> np.ndarray:
-        """Run composition `composition_id` on the batch `x`; its outputs as a numpy array."""
+    def predict(self, composition_id: str, x: Any, *, chunk: int = 64) -> np.ndarray:
+        """Run composition `composition_id` on the batch `x`; its outputs as a numpy array.
+
+        Large batches are sent `chunk` samples per request (the server caps one request's batch).
+        """
+        x = np.ascontiguousarray(np.asarray(_numpy(x), dtype=np.float32))
+        if x.ndim and x.shape[0] > chunk:
+            starts = range(0, len(x), chunk)
+            parts = [self.predict(composition_id, x[i:i + chunk], chunk=chunk) for i in starts]
+            return np.concatenate(parts)
         buf = io.BytesIO()
-        np.save(buf, np.ascontiguousarray(np.asarray(_numpy(x), dtype=np.float32)), allow_pickle=False)
+        np.save(buf, x, allow_pickle=False)
         response = self._http.request(
             "POST", f"/v1/compositions/{composition_id}/predict", content=buf.getvalue(),
             headers={"Content-Type": "application/x-npy", "Accept": "application/x-npy"},
