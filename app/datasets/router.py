@@ -49,7 +49,9 @@ def _register(
 
 @router.post(
     "", status_code=201, response_model=DatasetRead,
-    openapi_extra=multipart_openapi('JSON: {"name", "category"?}; `file` is an .npz with `x` and optional `y`.'),
+    openapi_extra=multipart_openapi(
+        'JSON: {"name", "category"?}; `file` is an .npz with `x` and optional `y`.'
+    ),
 )
 async def upload_dataset(
     request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, _: WriteAuth

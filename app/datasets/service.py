@@ -51,21 +51,29 @@ def _numeric(name: str, arr: np.ndarray) -> np.ndarray:
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The validated (x float32, y or None) of an uploaded .npz; Unprocessable with the reason."""
     if not zipfile.is_zipfile(path):
-        raise Unprocessable("The dataset file is not an .npz archive; save it with numpy.savez(path, x=..., y=...).")
+        raise Unprocessable(
+            "The dataset file is not an .npz archive; save it with numpy.savez(path, x=..., y=...)."
+        )
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
             if "x" not in keys:
-                raise Unprocessable("The .npz has no array `x`; save the inputs as numpy.savez(path, x=inputs).")
+                raise Unprocessable(
+                    "The .npz has no array `x`; save the inputs as numpy.savez(path, x=inputs)."
+                )
             extra = keys - ALLOWED_KEYS
             if extra:
-                raise Unprocessable(f"The .npz holds unexpected arrays {sorted(extra)}; keep only `x` and `y`.")
+                raise Unprocessable(
+                    f"The .npz holds unexpected arrays {sorted(extra)}; keep only `x` and `y`."
+                )
             x = _numeric("x", npz["x"])
             y = _numeric("y", npz["y"]) if "y" in keys else None
     except Unprocessable:
         raise
     except ValueError as exc:  # object arrays (pickles) and malformed members
-        raise Unprocessable(f"The .npz could not be read without pickles ({exc}); save plain numeric arrays.") from None
+        raise Unprocessable(
+            f"The .npz could not be read without pickles ({exc}); save plain numeric arrays."
+        ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise Unprocessable(f"The .npz is damaged or truncated ({exc}); save it again.") from None
     if x.ndim < 2 or x.shape[0] < 1:

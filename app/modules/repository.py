@@ -101,7 +101,8 @@ def aliases_of_module(session: Session, module_id: int) -> dict[str, int]:
 
 
 def aliases_of_version(session: Session, version_id: int) -> list[str]:
-    return list(session.scalars(select(Alias.alias).where(Alias.version_id == version_id).order_by(Alias.alias)))
+    query = select(Alias.alias).where(Alias.version_id == version_id).order_by(Alias.alias)
+    return list(session.scalars(query))
 
 
 def set_alias(session: Session, *, module_id: int, alias: str, version_id: int) -> None:
@@ -110,7 +111,9 @@ def set_alias(session: Session, *, module_id: int, alias: str, version_id: int) 
         session.add(Alias(module_id=module_id, alias=alias, version_id=version_id))
     else:
         session.execute(
-            update(Alias).where(Alias.module_id == module_id, Alias.alias == alias).values(version_id=version_id)
+            update(Alias)
+            .where(Alias.module_id == module_id, Alias.alias == alias)
+            .values(version_id=version_id)
         )
     session.flush()
 

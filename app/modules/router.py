@@ -43,7 +43,9 @@ def _module_read(module: Module, latest: int | None) -> ModuleRead:
 
 
 def _version_read(session: Session, version: ModuleVersion, aliases: list[str] | None = None) -> VersionRead:
-    fields = {c: getattr(version, c) for c in VersionRead.model_fields if c not in ("name", "kind", "aliases")}
+    fields = {c: getattr(version, c) for c in VersionRead.model_fields if c not in (
+        "name"
+    , "kind", "aliases")}
     if aliases is None:
         aliases = repository.aliases_of_version(session, version.id)
     return VersionRead(name=version.module.name, kind=version.module.kind, aliases=aliases, **fields)
@@ -94,7 +96,9 @@ def _register_upload(
     module = service.get_module(session, name)
     raw_meta = fields.get("meta")
     if raw_meta is None:
-        raise Unprocessable('The upload has no `meta` part; send meta as a JSON string, e.g. {"format": ...}.')
+        raise Unprocessable(
+            'The upload has no `meta` part; send meta as a JSON string, e.g. {"format": ...}.'
+        )
     try:
         meta = json.loads(raw_meta)
     except ValueError:

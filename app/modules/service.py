@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -29,6 +30,18 @@ log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"^[0-9]{1,9}$")
 
 
+def savepoint(session: Session) -> AbstractContextManager:
+    """A SAVEPOINT to retry a failed insert in, except on SQLite.
+
+    pysqlite opens no transaction before the first write, so there a SAVEPOINT starts one and its
+    RELEASE commits it: the row would be committed before the route decides to. SQLite has one writer
+    at a time, so a plain flush (and a 409 "retry" in the rare lost race) is the honest choice there.
+    """
+    if session.get_bind().dialect.name == "sqlite":
+        return nullcontext()
+    return session.begin_nested()
+
+
 def get_module(session: Session, name: str) -> Module:
     """The module called `name`, or NotFound."""
     module = repository.get_by_name(session, name)
@@ -43,7 +56,9 @@ def create_module(
 ) -> Module:
     """Create a module; Conflict if the name is taken."""
     if not re.match(NAME_PATTERN, name):
-        raise Unprocessable(f"Module name {name!r} is invalid; use lowercase letters, digits, '.', '_' or '-'.")
+        raise Unprocessable(
+            f"Module name {name!r} is invalid; use lowercase letters, digits, '.', '_' or '-'."
+        )
     if repository.get_by_name(session, name) is not None:
         raise Conflict(f"A module called {name!r} already exists; pick another name or upload a new version.")
     module = Module(
@@ -52,9 +67,10 @@ def create_module(
     )
     session.add(module)
     try:
-        with session.begin_nested():
+        with savepoint(session):
             session.flush()
     except IntegrityError:
+        session.rollback()
         raise Conflict(f"A module called {name!r} already exists; pick another name.") from None
     return module
 
@@ -62,10 +78,14 @@ def create_module(
 def _parse_ref(ref: str | dict) -> tuple[str, str]:
     if isinstance(ref, dict):
         if not isinstance(ref.get("name"), str) or ref.get("version") in (None, ""):
-            raise Unprocessable('A module reference object needs "name" and "version", e.g. {"name": "f", "version": 1}.')
+            raise Unprocessable(
+                'A module reference object needs "name" and "version", e.g. {"name": "f", "version": 1}.'
+            )
         return ref["name"], str(ref["version"])
     if not isinstance(ref, str) or not ref:
-        raise Unprocessable('A module reference must be "name@N", "name@alias", "name" or {"name", "version"}.')
+        raise Unprocessable(
+            'A module reference must be "name@N", "name@alias", "name" or {"name", "version"}.'
+        )
     name, _, selector = ref.partition("@")
     return name, selector or "latest"
 
@@ -81,12 +101,14 @@ def find_version(session: Session, module: Module, selector: str) -> ModuleVersi
     else:
         version = repository.get_by_alias(session, module.id, selector)
     if version is None:
-        raise NotFound(f"Module {module.name!r} has no version or alias {selector!r}; list its versions to pick one.")
+        raise NotFound(
+            f"Module {module.name!r} has no version or alias {selector!r}; list its versions to pick one."
+        )
     return version
 
 
 def resolve_version(session: Session, ref: str | dict) -> ModuleVersion:
-    """The version a reference names ("name@N", "name@alias", "name", {"name","version"}); `.module` loaded."""
+    """The version a reference ("name@N", "name@alias", "name", {"name","version"}) names; .module loaded."""
     name, selector = _parse_ref(ref)
     return find_version(session, get_module(session, name), selector)
 
@@ -125,7 +147,9 @@ def _probe(settings: Settings, path: Path, meta: VersionMeta) -> list[int | None
             f"of {settings.probe_max_elements} (GRAFT_PROBE_MAX_ELEMENTS); check the shape."
         )
     try:
-        return probe_artifact(path, meta.format, meta.arch, meta.input_shape, timeout_s=settings.probe_timeout_s)
+        return probe_artifact(
+            path, meta.format, meta.arch, meta.input_shape, timeout_s=settings.probe_timeout_s
+        )
     except ProbeFailed as exc:
         if exc.pickled:
             raise UnsupportedFormat(f"Refused: {exc}.") from None
@@ -174,13 +198,16 @@ def add_version(
             job_id=job_id, job_role=job_role,
         )
         try:
-            with session.begin_nested():
+            with savepoint(session):
                 session.add(version)
                 session.flush()
             # Loaded without touching Module.versions (lazy="raise"), so callers can read .module.
             set_committed_value(version, "module", module)
             return version, True
         except IntegrityError:
+            if session.get_bind().dialect.name == "sqlite":
+                session.rollback()
+                raise Conflict("Another upload to this module finished first; retry the upload.") from None
             # Another upload won the race: for the same bytes, theirs is ours; else renumber.
             existing = repository.get_by_sha(session, module.id, sha256)
             if existing is not None:
@@ -201,7 +228,8 @@ def set_alias(session: Session, *, module: Module, alias: str, number: int) -> M
     """Point `alias` of `module` at its version `number`."""
     if not re.match(ALIAS_PATTERN, alias) or alias == "latest":
         raise Unprocessable(
-            f"Alias {alias!r} is invalid; start with a letter, use lowercase letters, digits, '.', '_' or '-' "
+            f"Alias {alias!r} is invalid; start with a letter, use lowercase letters, digits, "
+            "'.', '_' or '-' "
             "(and not `latest`)."
         )
     version = repository.get_version(session, module.id, number)

@@ -1,9 +1,71 @@
-"""Commands of this group (filled in by its owner)."""
+"""Operator commands: `graft serve`, `graft db upgrade`, `graft token create`."""
 
 from __future__ import annotations
 
 import typer
 
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+
+
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Start the API (uvicorn) on the configured backends (embedded defaults when none are set)."""
+    import uvicorn
+
+    from app.main import create_app
+
+    uvicorn.run(create_app(), host=host, port=port, proxy_headers=True)
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the database migrations up to the newest revision."""
+    from app.config import get_settings
+    from app.db import migrate
+    from app.db.session import make_engine
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    typer.echo("database is at the newest revision")
+
+
+@token_app.command("create")
+def token_create(
+    scope: str = typer.Option("read", help="read, write or admin (admin ⊇ write ⊇ read)."),
+    name: str = typer.Option("cli", help="A label to recognise the token by."),
+    ttl_days: float | None = typer.Option(None, help="Expire after this many days (default: never)."),
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    from app.auth.service import create_token
+    from app.config import get_settings
+    from app.db import migrate
+    from app.db.session import make_engine, make_sessionmaker
+    from app.errors import GraftError
+
+    settings = get_settings()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    try:
+        with make_sessionmaker(engine)() as session:
+            _, raw = create_token(session, name=name, scopes=[scope], ttl_days=ttl_days)
+            session.commit()
+    except GraftError as exc:
+        typer.echo(exc.detail, err=True)
+        raise typer.Exit(2) from None
+    finally:
+        engine.dispose()
+    typer.echo(raw)
+
 
 def register(app: typer.Typer) -> None:
     """Add this group's commands to `app`."""
+    app.command("serve")(serve)
+    app.add_typer(db_app, name="db")
+    app.add_typer(token_app, name="token")

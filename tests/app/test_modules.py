@@ -136,7 +136,8 @@ def test_bad_artifacts_are_4xx(api, artifacts, case: str) -> None:
 
 def test_bad_requests(api, artifacts) -> None:
     make_module(api)
-    assert api.post("/v1/modules", json={"name": "bird-f", "kind": "category", "category": "b"}).status_code == 409
+    taken = {"name": "bird-f", "kind": "category", "category": "b"}
+    assert api.post("/v1/modules", json=taken).status_code == 409
     for body in (
         {"name": "Bad Name", "kind": "category", "category": "b"},
         {"name": "x", "kind": "teacher"},

@@ -1,0 +1,54 @@
+"""Nothing half-written: a failed store put leaves no row, a failed commit leaves no object."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app.storage import key_for
+from tests.app.test_modules import conv_net, make_module, upload
+from transplant.artifacts import save_module
+
+
+@pytest.fixture(scope="module")
+def artifact() -> bytes:
+    return save_module(conv_net(), torch.zeros(2, 3, 8, 8), "torchscript")
+
+
+def test_failed_put_leaves_no_row(api, artifact, monkeypatch) -> None:
+    make_module(api)
+    store = api.app.state.store
+
+    def broken_put(path, key):  # noqa: ANN001
+        raise ConnectionError("store went away")
+
+    monkeypatch.setattr(store, "put_file", broken_put)
+    resp = upload(api, "bird-f", artifact, "torchscript")
+    assert resp.status_code == 503 and "store" in resp.json()["detail"]
+    assert api.get("/v1/modules/bird-f").json()["versions"] == []
+
+
+def test_failed_commit_leaves_no_object(api, artifact, monkeypatch) -> None:
+    import hashlib
+
+    make_module(api)
+    real_commit = Session.commit
+
+    failed = []
+
+    def commit_once_failing(self):  # noqa: ANN001
+        # Only the upload's session holds a ModuleVersion (background runners commit too).
+        if not failed and any(type(o).__name__ == "ModuleVersion" for o in self.identity_map.values()):
+            failed.append(True)
+            raise OperationalError("COMMIT", {}, ConnectionError("database went away"))
+        return real_commit(self)
+
+    monkeypatch.setattr(Session, "commit", commit_once_failing)
+    resp = upload(api, "bird-f", artifact, "torchscript")
+    assert resp.status_code == 503
+    monkeypatch.setattr(Session, "commit", real_commit)
+    assert not api.app.state.store.exists(key_for(hashlib.sha256(artifact).hexdigest()))
+    assert api.get("/v1/modules/bird-f").json()["versions"] == []
+    assert upload(api, "bird-f", artifact, "torchscript").status_code == 201
