@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -116,6 +117,28 @@ def _has_torchscript(module: nn.Module) -> bool:
     return any(isinstance(m, torch.jit.ScriptModule) for m in module.modules())
 
 
+@contextmanager
+def _no_input_validation(module: nn.Module) -> Iterator[None]:
+    """Switch off the input checks of pieces unlifted from torch.export while tracing.
+
+    Their pre-hook compares input shapes with the program's symbolic ones, which the JIT tracer cannot
+    follow ("JIT Tracing of SymInts isn't supported"); the traced graph checks nothing anyway.
+    """
+    changed = [m for m in module.modules() if getattr(m, "validate_inputs", False) is True]
+    for m in changed:
+        m.validate_inputs = False
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.validate_inputs = True
+
+
+def _trace(module: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
+    with _no_input_validation(module):
+        return torch.jit.trace(module, (example_input,), check_trace=False)
+
+
 def export_composed(module: nn.Module, example_input: torch.Tensor, format: str) -> bytes:
     """One file of the composed module: `torch_export` (.pt2), `torchscript` (.pt) or `onnx`.
 
@@ -138,14 +161,12 @@ def export_composed(module: nn.Module, example_input: torch.Tensor, format: str)
             program = torch.export.export(module, (example_input,), dynamic_shapes=({0: batch},))
             torch.export.save(program, buf)
         elif format == "torchscript":
-            traced = torch.jit.trace(module, (example_input,), check_trace=False)
-            torch.jit.save(traced, buf)
+            torch.jit.save(_trace(module, example_input), buf)
         else:
             # Tracing first lets TorchScript pieces through; the TorchScript-based ONNX exporter
             # needs no extra package (the dynamo one needs onnxscript).
-            traced = torch.jit.trace(module, (example_input,), check_trace=False)
             torch.onnx.export(
-                traced,
+                _trace(module, example_input),
                 (example_input,),
                 buf,
                 dynamo=False,

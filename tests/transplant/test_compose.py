@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from transplant.adapters import build_adapter, fit_adapter_config, load_adapter, save_adapter
+from transplant.artifacts import load_module, save_module
 from transplant.compose import (
     ChainMismatch,
     ExportError,
@@ -24,13 +26,11 @@ from transplant.errors import ShapeMismatch
 X = torch.randn(2, 3, 6, 6)
 
 
-def _as_exported(m: nn.Module, example: torch.Tensor) -> nn.Module:
-    """Round-trip through torch.export save/load, as an uploaded torch_export artifact."""
-    program = torch.export.export(m, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
-    buf = io.BytesIO()
-    torch.export.save(program, buf)
-    buf.seek(0)
-    return torch.export.load(buf).module()
+def _as_exported(m: nn.Module, example: torch.Tensor, tmp: Path) -> nn.Module:
+    """Round-trip through torch.export, loaded the way Graft loads an uploaded torch_export artifact."""
+    path = tmp / f"{id(m)}.pt2"
+    path.write_bytes(save_module(m, example, "torch_export"))
+    return load_module(path, "torch_export")
 
 
 def _as_script(m: nn.Module) -> nn.Module:
@@ -41,14 +41,14 @@ def _as_script(m: nn.Module) -> nn.Module:
 
 
 @pytest.fixture
-def pieces(nets):
+def pieces(nets, tmp_path: Path):
     """(f, h, g) as loaded artifacts: f exported, h a safetensors adapter, g TorchScript or exported."""
     f, _g_t, g_s = nets
     cfg = fit_adapter_config((4, 6, 6), (4, 6, 6), layers=1)
     data, spec = save_adapter(build_adapter(cfg), cfg)
     h = load_adapter(data, spec)
     feats = f(X)
-    return f, h, g_s, _as_exported(f, X), _as_exported(g_s, feats), _as_script(g_s)
+    return f, h, g_s, _as_exported(f, X, tmp_path), _as_exported(g_s, feats, tmp_path), _as_script(g_s)
 
 
 def test_compose_equals_manual_chain(pieces) -> None:
