@@ -21,6 +21,25 @@ _DISPATCH_KEY = "graft_dispatch"
 Dispatch = Callable[[str, str], None]
 """`dispatch(task_name, job_id)`: sends one job to Celery, or to the in-process runner."""
 
+JOB_QUEUE = "transplant"
+"""The Celery queue GPU workers consume (transplants and amalgamations alike)."""
+TASK_PACKAGE = "workers.tasks"
+"""Task `graft.<name>` is `workers.tasks.<name>.execute(job_id, ctx)`; Celery knows it by the name."""
+_TASK_FOR_KIND = {"transplant": "graft.transplant", "amalgamation": "graft.amalgamate"}
+
+
+def task_for_kind(kind: str) -> str:
+    """The task name that runs jobs of `kind` (the reconciler re-sends jobs by their kind)."""
+    return _TASK_FOR_KIND.get(kind, f"graft.{kind}")
+
+
+def task_module(task_name: str) -> str:
+    """The module holding `task_name`'s code, e.g. `graft.transplant` → `workers.tasks.transplant`."""
+    prefix, _, short = task_name.partition(".")
+    if prefix != "graft" or not short.isidentifier():
+        raise ValueError(f"task names look like 'graft.<name>', not {task_name!r}")
+    return f"{TASK_PACKAGE}.{short}"
+
 
 def enqueue_after_commit(session: Session, task_name: str, job_id: str) -> None:
     """Queue `task_name(job_id)` to be sent once `session` commits."""

@@ -1,0 +1,94 @@
+"""Request and response bodies of the transplant and job routes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Ref = str | dict[str, Any]
+"""A module version: "name@N" | "name@alias" | "name" (latest) | {"name", "version"}."""
+
+METHODS = ("back_distillation", "distillation", "supervised")
+
+
+class TrainOptions(BaseModel):
+    """Optional training knobs passed to the engine's `TrainConfig` (defaults: the engine's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    lr: float | None = Field(None, gt=0, le=10)
+    weight_decay: float | None = Field(None, ge=0)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    val_fraction: float | None = Field(None, ge=0, lt=1)
+    patience: int | None = Field(None, ge=1)
+    lambda_jac: float | None = Field(None, ge=0)
+    probes: int | None = Field(None, ge=1, le=64)
+    normalise: Literal["probe", "batch", "none"] | None = None
+    output_loss: Literal["mse", "kl"] | None = None
+    probe_dist: Literal["rademacher", "gaussian"] | None = None
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class TransplantCreate(BaseModel):
+    """POST /v1/transplants: learn an adapter so that g_S(h(f(x))) does what g_T(f(x)) does."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category_module: Ref = Field(examples=["bird-f@1"])
+    teacher_task_module: Ref = Field(examples=["bird-seg@1"])
+    student_task_module: Ref = Field(examples=["seg@3"])
+    dataset: str = Field(min_length=1, max_length=64, description="Dataset id (POST /v1/datasets).")
+    method: Literal["back_distillation", "distillation", "supervised"] = "back_distillation"
+    adapter: dict[str, Any] | Literal["auto"] | None = Field(
+        None,
+        description='Adapter architecture: {"arch": "conv"|"mlp", "layers", "hidden", …}, "auto" '
+        "(architecture search), or null (a small adapter fitted to the shapes).",
+    )
+    epochs: int = Field(20, ge=1, le=10_000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    result_module: str | None = Field(
+        None, min_length=1, max_length=128,
+        description='Adapter module to register into (default "<category>-to-<task>-adapter").',
+    )
+    train: TrainOptions | None = Field(None, description="Optional training knobs (batch size, lr, …).")
+
+
+class JobQueued(BaseModel):
+    job_id: str
+    status: str
+
+
+class JobRead(BaseModel):
+    """A job: its validated request, live progress and, once done, its result or error."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    id: str
+    kind: str
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    request: dict
+    progress: dict
+    result: dict | None = None
+    error: str | None = None
+    attempts: int
+    cancel_requested: bool
+    worker: str | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime
+
+
+class JobDetail(JobRead):
+    """One job with its per-epoch history (loss curves)."""
+
+    history: list
+
+
+class JobList(BaseModel):
+    items: list[JobRead]
+    next_cursor: str | None = None

@@ -1,0 +1,211 @@
+"""Transplant requests and jobs: validate everything before queueing, then read, list and cancel."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from datetime import datetime
+
+import torch
+from sqlalchemy.orm import Session
+
+from app.datasets.service import get_dataset
+from app.errors import BadRequest, Conflict, NotFound, Unprocessable
+from app.jobs import repository
+from app.jobs.dispatch import enqueue_after_commit
+from app.jobs.schemas import TransplantCreate
+from app.models import Job, Module, ModuleVersion
+from app.models.job import FINAL_STATUSES
+from app.modules.schemas import NAME_PATTERN
+from app.modules.service import get_module, resolve_version, version_ref
+from transplant.adapters import AdapterConfig, build_adapter, fit_adapter_config
+from transplant.errors import TransplantError
+
+TRANSPLANT_TASK = "graft.transplant"
+MAX_PAGE = 200
+_ADAPTER_KEYS = {"arch", "layers", "hidden", "kernel_size", "skip", "activation", "resize", "extra"}
+
+
+def _shape(shape: list | None) -> list:
+    return list(shape or [])
+
+
+def _fixed_tail(v: ModuleVersion, which: str, shape: list) -> tuple[int, ...]:
+    """A version's shape without the batch dim; adapters need every other dim fixed."""
+    tail = shape[1:]
+    if not tail or any(not isinstance(d, int) for d in tail):
+        raise Unprocessable(
+            f"{v.module.name}@{v.version} has {which} {shape}, with a dynamic dimension besides the "
+            "batch; an adapter needs fixed feature shapes, so upload a version with fixed shapes."
+        )
+    return tuple(tail)
+
+
+def _resolve(session: Session, field: str, ref: str | dict, kind: str) -> ModuleVersion:
+    """The exact version behind `ref`, checked to be of `kind`."""
+    if isinstance(ref, dict) and not isinstance(ref.get("name"), str):
+        raise Unprocessable(f'{field} must be "name@version" or {{"name", "version"}}, not {ref!r}.')
+    version = resolve_version(session, ref)
+    module: Module = version.module
+    if module.kind != kind:
+        raise Unprocessable(
+            f"{field} {module.name!r} is a {module.kind} module, but a {kind} module is needed here."
+        )
+    return version
+
+
+def check_adapter(overrides: dict | None, f_out: tuple, g_in: tuple) -> AdapterConfig:
+    """The adapter config that maps f's output to g_S's input; 422 naming both shapes if none does."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - _ADAPTER_KEYS
+    if unknown:
+        raise Unprocessable(
+            f"Unknown adapter option(s) {sorted(unknown)}; use some of {sorted(_ADAPTER_KEYS)}."
+        )
+    for key, hi in (("layers", 16), ("hidden", 8192), ("kernel_size", 15)):
+        value = overrides.get(key)
+        if value is not None and (type(value) is not int or not 1 <= value <= hi):
+            raise Unprocessable(f"adapter.{key} must be an integer from 1 to {hi}, not {value!r}.")
+    try:
+        config = fit_adapter_config(f_out, g_in, **overrides)
+        # Built on the meta device: checks the architecture without allocating its weights.
+        with torch.device("meta"):
+            build_adapter(config)
+    except (TransplantError, ValueError, TypeError) as exc:
+        raise Unprocessable(
+            f"No adapter maps the category module's output shape {list(f_out)} to the student task "
+            f"module's input shape {list(g_in)} ({exc}); pick modules whose shapes chain, or another "
+            "adapter architecture."
+        ) from None
+    return config
+
+
+def _derived_name(category: str, task: str) -> str:
+    """`<category>-to-<task>-adapter`, folded into a valid module name."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", f"{category}-to-{task}-adapter".lower()).strip("-._")
+    return name[:128]
+
+
+def _check_result_module(session: Session, name: str) -> None:
+    if not re.match(NAME_PATTERN, name):
+        raise Unprocessable(
+            f"result_module {name!r} is not a valid module name; use lowercase letters, digits, '.', '_' "
+            "or '-'."
+        )
+    try:
+        module = get_module(session, name)
+    except NotFound:
+        return
+    if module.kind != "adapter":
+        raise Conflict(
+            f"Module {name!r} exists and is a {module.kind} module; name another result_module "
+            "for the adapter."
+        )
+
+
+def create_transplant(session: Session, body: TransplantCreate, *, owner_token_id: int | None) -> Job:
+    """Validate a transplant request, write its job row and queue it to be sent after commit."""
+    f = _resolve(session, "category_module", body.category_module, "category")
+    g_t = _resolve(session, "teacher_task_module", body.teacher_task_module, "task")
+    g_s = _resolve(session, "student_task_module", body.student_task_module, "task")
+    if g_t.module.task != g_s.module.task:
+        raise Unprocessable(
+            f"The teacher task module solves task {g_t.module.task!r} but the student task module "
+            f"solves {g_s.module.task!r}; both must be modules of the same task."
+        )
+    dataset = get_dataset(session, body.dataset)
+    f_in, ds_in = _shape(f.input_shape)[1:], _shape(dataset.input_shape)[1:]
+    if len(f_in) != len(ds_in) or any(a is not None and a != b for a, b in zip(f_in, ds_in, strict=True)):
+        raise Unprocessable(
+            f"Dataset {dataset.id} holds samples of shape {ds_in}, but the category module "
+            f"{f.module.name}@{f.version} takes inputs of shape {f_in}; upload a matching dataset."
+        )
+    if body.method == "supervised" and dataset.y_shape is None:
+        raise Unprocessable(
+            f"Method 'supervised' needs labels, but dataset {dataset.id} has no `y`; upload one with "
+            "labels or use back_distillation, which needs none."
+        )
+    f_out = _fixed_tail(f, "output_shape", _shape(f.output_shape))
+    t_in = _fixed_tail(g_t, "input_shape", _shape(g_t.input_shape))
+    if f_out != t_in:
+        raise Unprocessable(
+            f"The teacher task module takes inputs of shape {list(t_in)}, but the category module "
+            f"outputs {list(f_out)}; the teacher must be trained on this category module's features."
+        )
+    s_in = _fixed_tail(g_s, "input_shape", _shape(g_s.input_shape))
+    if body.adapter != "auto":
+        check_adapter(body.adapter, f_out, s_in)
+    category = f.module.category or f.module.name
+    task = g_s.module.task or g_s.module.name
+    result_module = body.result_module or _derived_name(category, task)
+    _check_result_module(session, result_module)
+    request = {
+        "category": category,
+        "task": task,
+        "category_module": version_ref(f),
+        "teacher_task_module": version_ref(g_t),
+        "student_task_module": version_ref(g_s),
+        "dataset": dataset.id,
+        "method": body.method,
+        "adapter": body.adapter,
+        "epochs": body.epochs,
+        "seed": body.seed,
+        "result_module": result_module,
+        "train": body.train.model_dump(exclude_none=True) if body.train else {},
+    }
+    job = repository.create(
+        session, job_id=str(uuid.uuid4()), kind="transplant", request=request, owner_token_id=owner_token_id
+    )
+    enqueue_after_commit(session, TRANSPLANT_TASK, job.id)
+    return job
+
+
+def get_job(session: Session, job_id: str) -> Job:
+    """The job `job_id`, or NotFound."""
+    job = repository.get(session, job_id)
+    if job is None:
+        raise NotFound(f"No job with id {job_id!r}; list jobs with GET /v1/jobs.")
+    return job
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = json.dumps({"after": [job.created_at.isoformat(), job.id]}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
+    if not cursor:
+        return None
+    try:
+        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
+        return datetime.fromisoformat(created), str(job_id)
+    except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        raise BadRequest("The cursor is not valid; pass the `next_cursor` of a previous page.") from None
+
+
+def list_jobs(
+    session: Session, *, limit: int, cursor: str | None, status: str | None, kind: str | None
+) -> tuple[list[Job], str | None]:
+    """One page of jobs, newest first, and the cursor of the next page (None at the end)."""
+    limit = max(1, min(limit, MAX_PAGE))
+    jobs = repository.list_page(
+        session, limit=limit + 1, after=_decode_cursor(cursor), status=status, kind=kind
+    )
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return jobs, (_encode_cursor(jobs[-1]) if more else None)
+
+
+def cancel_job(session: Session, job_id: str) -> Job:
+    """Cancel a queued job at once, or ask a running one to stop; Conflict when it already ended."""
+    job = get_job(session, job_id)
+    if job.status not in FINAL_STATUSES:
+        if repository.cancel_if_queued(session, job_id) or repository.request_cancel_if_running(
+            session, job_id
+        ):
+            return get_job(session, job_id)
+        job = get_job(session, job_id)  # it ended meanwhile
+    raise Conflict(f"Job {job_id} is already {job.status}; only queued or running jobs can be cancelled.")

@@ -1,0 +1,161 @@
+"""Task `graft.transplant`: load the job → fetch f, g_T, g_S and the data → run the engine → register h.
+
+Thin and idempotent: the job row decides whether anything runs (see `workers.lifecycle`), and the
+adapter is registered with `job_id`/`job_role="adapter"`, so running the task twice for one job never
+makes two adapter versions.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import torch
+from celery import shared_task
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from app.datasets.service import get_dataset, load_arrays
+from app.errors import NotFound
+from app.jobs.context import JobContext
+from app.models import ModuleVersion
+from app.modules.service import (
+    add_version,
+    create_module,
+    discard_orphan,
+    file_sha256,
+    get_module,
+    resolve_version,
+    version_ref,
+)
+from transplant import TrainConfig, run_transplant
+from transplant.adapters import fit_adapter_config, save_adapter
+from transplant.artifacts import ArtifactError, load_module
+from workers.lifecycle import JobFailed, JobRun, Register, run_job
+
+log = logging.getLogger(__name__)
+
+ROLES = (
+    ("category_module", "category"), ("teacher_task_module", "teacher"), ("student_task_module", "student")
+)
+
+
+def _fetch(ctx: JobContext, version: ModuleVersion, folder: Path) -> torch.nn.Module:
+    """Download one module version and load it without unpickling."""
+    path = folder / f"{version.module.name}-{version.version}.{version.format}"
+    try:
+        ctx.store.get_to_file(version.storage_key, path)
+        return load_module(path, version.format, version.arch)
+    except ArtifactError as exc:
+        raise JobFailed(f"Module {version.module.name}@{version.version} failed to load: {exc}.") from None
+    except OSError as exc:
+        raise JobFailed(
+            f"Module {version.module.name}@{version.version} could not be fetched from the artifact store "
+            f"({exc})."
+        ) from None
+
+
+def _adapter_config(run: JobRun, f_out: list, g_in: list):  # noqa: ANN202
+    adapter = run.request.get("adapter")
+    if adapter == "auto":
+        # The search engine (transplant.search) is not wired into jobs yet: say so, never fake it.
+        raise JobFailed(
+            'adapter "auto" (architecture search) is not available on this worker yet; request an '
+            "explicit adapter such as {\"arch\": \"conv\", \"layers\": 2} or null."
+        )
+    return fit_adapter_config(tuple(f_out[1:]), tuple(g_in[1:]), **(adapter or {}))
+
+
+def _train_config(req: dict) -> TrainConfig:
+    knobs = req.get("train") or {}
+    return TrainConfig(epochs=int(req["epochs"]), seed=int(req["seed"]), device="auto", **knobs)
+
+
+def _work(run: JobRun) -> Register:
+    """Everything but the final transaction: fetch, load, train; returns the registration step."""
+    ctx, req = run.ctx, run.request
+    run.report(stage="loading", epoch=0, epochs=req["epochs"], attempt=run.attempts)
+    with ctx.sessionmaker() as session:
+        versions = {field: resolve_version(session, req[field]) for field, _ in ROLES}
+        dataset = get_dataset(session, req["dataset"])
+    with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
+        f, g_t, g_s = (_fetch(ctx, versions[field], Path(tmp)) for field, _ in ROLES)
+    try:
+        x_np, y_np = load_arrays(ctx.store, dataset)
+    except (OSError, ValueError) as exc:
+        raise JobFailed(f"Dataset {dataset.id} could not be read from the artifact store ({exc}).") from None
+    x = torch.from_numpy(x_np)
+    y = None
+    if y_np is not None:
+        y = torch.from_numpy(y_np)
+        y = y.long() if not y.is_floating_point() else y.float()
+    f_v, g_s_v = versions["category_module"], versions["student_task_module"]
+    config = _adapter_config(run, f_v.output_shape, g_s_v.input_shape)
+    train = _train_config(req)
+    run.report(stage="training", device=str(train.resolved_device()))
+    result = run_transplant(
+        f, g_t, g_s, x, y,
+        method=req["method"], adapter=config, train=train, callbacks=[run], should_stop=run.should_stop,
+    )
+    weights, spec = save_adapter(result.adapter, result.config)
+    metrics = {**result.metrics, "dataset": dataset.id, "job_id": run.job_id}
+    run.report(stage="registering", **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
+
+    def register(session: Session) -> dict:
+        module = _adapter_module(session, req)
+        parents = [{**version_ref(versions[field]), "role": role} for field, role in ROLES]
+        with tempfile.TemporaryDirectory(prefix="graft-adapter-") as tmp:
+            path = Path(tmp) / "adapter.safetensors"
+            path.write_bytes(weights)
+            sha256 = file_sha256(path)[0]
+            run.on_rollback.append(lambda s: discard_orphan(s, ctx.store, sha256))
+            version, _created = add_version(
+                session, ctx.store, ctx.settings, module=module, file_path=path,
+                meta={
+                    "format": "safetensors",
+                    "input_shape": list(f_v.output_shape),
+                    "arch": spec,
+                    "trained_on": [req["category"]],
+                    "metrics": metrics,
+                    "description": (
+                        f"{req['method']} adapter {req['category']} → {req['task']} learned by job "
+                        f"{run.job_id} on dataset {dataset.id}"
+                    ),
+                },
+                parents=parents, job_id=run.job_id, job_role="adapter", sha256=sha256,
+            )
+        return {"adapter": version_ref(version), "metrics": metrics}
+
+    return register
+
+
+def _adapter_module(session: Session, req: dict):  # noqa: ANN202
+    """The adapter module named by the request, created (kind adapter) when missing."""
+    name = req["result_module"]
+    try:
+        module = get_module(session, name)
+    except NotFound:
+        return create_module(
+            session, name=name, kind="adapter", category=req["category"], task=req["task"],
+            description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
+        )
+    if module.kind != "adapter":
+        raise JobFailed(f"Module {name!r} is a {module.kind} module; no adapter can be registered into it.")
+    return module
+
+
+def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:
+    """Run one delivery of transplant job `job_id`; its final status (None when not run here)."""
+    return run_job(job_id, ctx, _work, redelivered=redelivered)
+
+
+@shared_task(name="graft.transplant", bind=True, autoretry_for=(OperationalError,), retry_backoff=5,
+             max_retries=5)
+def transplant(self, job_id: str) -> str | None:  # noqa: ANN001
+    """Celery entry point: `execute` with this worker process's own backends."""
+    from workers.context import get_context
+
+    # A redelivered message (its worker was lost) or a retry may take over a job left `running`.
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
+    return execute(job_id, get_context(), redelivered=redelivered)
