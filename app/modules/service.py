@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from app.modules import repository
 from app.modules.probe import ProbeFailed, probe_artifact
 from app.modules.schemas import ALIAS_PATTERN, NAME_PATTERN, VersionMeta
 from app.storage import ArtifactStore, key_for
-from transplant.artifacts import shape_elements
+from transplant.artifacts import ArtifactError, PickledArtifact, check_format, shape_elements
 
 log = logging.getLogger(__name__)
 _NUMBER = re.compile(r"^[0-9]{1,9}$")
@@ -181,13 +182,30 @@ def add_version(
     existing = repository.get_by_sha(session, module.id, sha256)
     if existing is not None:
         return existing, False
-    output_shape = _probe(settings, file_path, parsed)
+    try:  # cheap layout check first, so pickles and garbage never reach the store
+        check_format(file_path, parsed.format)
+    except PickledArtifact as exc:
+        raise UnsupportedFormat(f"Refused: {exc}.") from None
+    except ArtifactError as exc:
+        raise Unprocessable(f"The artifact was not accepted: {exc}.") from None
     key = key_for(sha256)
-    try:
-        store.put_file(file_path, key)
-    except Exception as exc:
-        log.warning("artifact store put failed for %s: %s", key, exc)
-        raise BackendUnavailable("The artifact store is unreachable right now; retry the upload.") from None
+    # The upload to the store and the probe overlap (both take seconds for big files); the row is
+    # still added only after both succeeded, and a refused artifact's fresh object is removed again.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        put = pool.submit(store.put_file, file_path, key)
+        try:
+            output_shape = _probe(settings, file_path, parsed)
+        except BaseException:
+            if put.exception() is None:
+                discard_orphan(session, store, sha256)
+            raise
+        try:
+            put.result()
+        except Exception as exc:
+            log.warning("artifact store put failed for %s: %s", key, exc)
+            raise BackendUnavailable(
+                "The artifact store is unreachable right now; retry the upload."
+            ) from None
     for _attempt in range(5):
         repository.lock(session, module.id)
         version = ModuleVersion(

@@ -37,7 +37,7 @@ class S3ArtifactStore(ArtifactStore):
         )
         self.transfer = TransferConfig(
             multipart_threshold=multipart_threshold,
-            multipart_chunksize=max(8 * 1024 * 1024, multipart_threshold // 2),
+            multipart_chunksize=max(8 * 1024 * 1024, multipart_threshold),
             max_concurrency=8, use_threads=True,
         )
 
