@@ -42,7 +42,7 @@ class AutoBudget:
 
     steps: int | None = None
     """Total optimiser steps, super-network + fine-tune (None: what `train` would run for one adapter)."""
-    supernet_fraction: float = 0.7
+    supernet_fraction: float = 0.5
     """Share of `steps` spent on the super-network; the rest fine-tunes the chosen child."""
     max_candidates: int = 32
     """Children scored in the search; the space is searched exhaustively when it is no larger."""
