@@ -19,10 +19,12 @@ from __future__ import annotations
 import pkgutil
 
 from celery import Celery
+from celery.signals import setup_logging
 
 import workers.tasks
 from app.config import Settings
 from app.jobs.dispatch import JOB_QUEUE
+from app.logging import configure_logging
 
 settings = Settings()
 
@@ -41,7 +43,6 @@ app.conf.update(
     accept_content=["json"],
     worker_pool="threads",
     worker_concurrency=1,
-    worker_hijack_root_logger=False,
     broker_connection_retry_on_startup=True,
     broker_transport_options={
         "visibility_timeout": settings.job_visibility_timeout_s,
@@ -51,3 +52,9 @@ app.conf.update(
     },
 )
 celery = app
+
+
+@setup_logging.connect
+def _logging(loglevel: int | str | None = None, **_kwargs: object) -> None:
+    """Graft's log format (plain or JSON, with job ids) instead of Celery's own."""
+    configure_logging(json=settings.log_json, level=loglevel or "INFO")

@@ -159,7 +159,8 @@ def start(app: FastAPI) -> None:
         client = celery_client(settings)
 
         def send(task_name: str, job_id: str) -> None:
-            client.send_task(task_name, args=[job_id], queue=JOB_QUEUE)
+            # The Celery task id is the job id: worker logs and `celery inspect` name the job.
+            client.send_task(task_name, args=[job_id], task_id=job_id, queue=JOB_QUEUE)
 
         grace_s = RECONCILE_GRACE_S
     dispatch = marking_sent(factory, send)

@@ -7,7 +7,9 @@ makes two adapter versions.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.datasets.service import get_dataset, load_arrays
 from app.errors import NotFound
 from app.jobs.context import JobContext
+from app.logging import job_context
 from app.models import ModuleVersion
 from app.modules.service import (
     add_version,
@@ -147,7 +150,8 @@ def _adapter_module(session: Session, req: dict):  # noqa: ANN202
 
 def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:
     """Run one delivery of transplant job `job_id`; its final status (None when not run here)."""
-    return run_job(job_id, ctx, _work, redelivered=redelivered)
+    with job_context(job_id):
+        return run_job(job_id, ctx, _work, redelivered=redelivered)
 
 
 @shared_task(name="graft.transplant", bind=True, autoretry_for=(OperationalError,), retry_backoff=5,
@@ -158,4 +162,7 @@ def transplant(self, job_id: str) -> str | None:  # noqa: ANN001
 
     # A redelivered message (its worker was lost) or a retry may take over a job left `running`.
     redelivered = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
-    return execute(job_id, get_context(), redelivered=redelivered)
+    ctx = get_context()
+    if self.request.hostname:  # the Celery node name (e.g. gpu1@host) says more than host:pid
+        ctx = dataclasses.replace(ctx, worker=f"{self.request.hostname}:{os.getpid()}")
+    return execute(job_id, ctx, redelivered=redelivered)
