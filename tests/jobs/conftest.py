@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
 from tests.conftest import ADMIN_TOKEN, REDIS_URL, _pg_user
+from tests.jobs.world import World, make_world
 from tests.services import s3_settings, seaweedfs  # noqa: F401 (a fixture)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -168,9 +169,15 @@ def workers(queue_settings: Settings, queue_client: TestClient, tmp_path_factory
         pool.stop_all()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def embedded_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """One embedded-mode app (SQLite, local folder, in-process runner) for a whole test module."""
+    """One embedded-mode app (SQLite, local folder, in-process runner) shared by the job tests."""
     settings = Settings(data_dir=tmp_path_factory.mktemp("embedded") / "graft", bootstrap_token=ADMIN_TOKEN)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def embedded_world(embedded_api: TestClient) -> World:
+    """f, g_T, g_S and a dataset uploaded once to the embedded app (uploads cost seconds each)."""
+    return make_world(embedded_api, "emb")

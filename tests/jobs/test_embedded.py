@@ -10,7 +10,6 @@ from tests.jobs.world import (
     World,
     check_adapter_reproduces_teacher,
     final,
-    make_world,
     nan_head,
     sse_events,
     transplant,
@@ -23,9 +22,9 @@ FAST = {"epochs": 3, "train": {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01
 LONG = {"epochs": 5000, "train": {"batch_size": 8, "val_fraction": 0.0, "patience": 5000}}
 
 
-@pytest.fixture(scope="module")
-def world(embedded_api) -> World:
-    return make_world(embedded_api, "emb")
+@pytest.fixture
+def world(embedded_world: World) -> World:
+    return embedded_world
 
 
 def test_transplant_end_to_end(embedded_api, world: World) -> None:
