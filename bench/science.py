@@ -36,7 +36,7 @@ def settings(quick: bool) -> dict:
         "labels": [10, 100] if quick else list(LABELS),
         "few": [8] if quick else list(FEW),
         "epochs": 2 if quick else 10,
-        "steps_per_epoch": 5 if quick else 25,
+        "steps_per_epoch": 5 if quick else 20,
         "batch_size": 32,
         "lr": 3e-3,
         "val_fraction_all": 0.15,
@@ -127,7 +127,7 @@ def write_report(cells: dict, s: dict, cost: dict, wall: float, out: Path) -> st
     lines = ["# Back-distillation vs. baselines (bench/science.py)", ""]
     wins_sup = wins_dist = total = 0
     gaps = []
-    for key, cols in cells.items():
+    for cols in cells.values():
         bd, sup100, dist = (
             statistics.mean(cols[c]) for c in ("bd all", f"sup {s['labels'][-1]}", "dist all")
         )
