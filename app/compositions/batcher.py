@@ -4,10 +4,11 @@ Each composition being served has one batcher thread. Requests (from FastAPI's t
 input on its queue and wait on a future. The thread takes what is queued, up to `max_batch` inputs,
 stacks them, runs one forward under `torch.inference_mode()` and hands each request its rows.
 
-Waiting for company: a lone request on an idle batcher is run at once, so a quiet composition pays no
-`max_wait` latency. Once the previous batch held more than one request (there is concurrent load) the
-thread waits up to `max_wait` for more to join before running. Under load requests also pile up while
-the previous forward runs, which is where most of the batching comes from.
+A lone request for an idle composition (nothing queued or running) runs its forward in its own
+thread, with no hand-off to the batcher thread and no `max_wait`: a quiet composition pays no batching
+latency. Waiting for company: once the previous batch held more than one request (there is concurrent
+load) the batcher thread waits up to `max_wait` for more to join before running. Under load requests
+also pile up while the previous forward runs, which is where most of the batching comes from.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class Batcher:
 
     def __init__(
         self, key: str, forward: Forward, *, max_batch: int, max_wait_s: float, idle_s: float,
-        retire: Callable[[Batcher], bool], totals: dict[str, int] | None = None,
+        retire: Callable[[Batcher], bool], busy: Callable[[str, int], None],
+        totals: dict[str, int] | None = None,
     ) -> None:
         self.key = key
         self.forward = forward
@@ -52,6 +54,7 @@ class Batcher:
         self.idle_s = idle_s
         self.queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._retire = retire
+        self._busy = busy
         self._carry: deque[_Item] = deque()
         self._last_batch_requests = 0
         self.totals = totals if totals is not None else {"batches": 0, "requests": 0, "inputs": 0}
@@ -92,33 +95,43 @@ class Batcher:
                 batch.append(item)
                 rows += item.rows
             self._last_batch_requests = len(batch)
-            self._run(batch)
+            self._busy(self.key, 1)
+            try:
+                run_batch(self.key, self.forward, batch, self.totals)
+            finally:
+                self._busy(self.key, -1)
 
-    def _run(self, batch: list[_Item]) -> None:
-        self.totals["batches"] += 1
-        self.totals["requests"] += len(batch)
-        self.totals["inputs"] += sum(item.rows for item in batch)
-        try:
-            x = batch[0].x if len(batch) == 1 else torch.cat([item.x for item in batch])
-            with torch.inference_mode():
-                y = self.forward(x)  # (rows, *output_shape)
-            if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
-                raise RuntimeError("the composition's output does not keep the batch dimension first")
-        except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
-            if len(batch) == 1:
-                batch[0].future.set_exception(exc)
-                return
-            # A module that cannot take this stacked batch (e.g. exported with a fixed batch size)
-            # still answers each request on its own; each gets its own result or error.
-            log.info("batched forward of %s failed (%s); running its %d requests one by one",
-                     self.key, exc, len(batch))
-            for item in batch:
-                self._run([item])
+    def idle(self) -> bool:
+        """Nothing queued and no sign of concurrent load (approximate: read without the thread's help)."""
+        return self.queue.empty() and not self._carry and self._last_batch_requests <= 1
+
+
+def run_batch(key: str, forward: Forward, batch: list[_Item], totals: dict[str, int]) -> None:
+    """One forward for the stacked inputs of `batch`; each request's future gets its rows or the error."""
+    totals["batches"] += 1
+    totals["requests"] += len(batch)
+    totals["inputs"] += sum(item.rows for item in batch)
+    try:
+        x = batch[0].x if len(batch) == 1 else torch.cat([item.x for item in batch])
+        with torch.inference_mode():
+            y = forward(x)  # (rows, *output_shape)
+        if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
+            raise RuntimeError("the composition's output does not keep the batch dimension first")
+    except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
+        if len(batch) == 1:
+            batch[0].future.set_exception(exc)
             return
-        start = 0
+        # A module that cannot take this stacked batch (e.g. exported with a fixed batch size)
+        # still answers each request on its own; each gets its own result or error.
+        log.info("batched forward of %s failed (%s); running its %d requests one by one",
+                 key, exc, len(batch))
         for item in batch:
-            item.future.set_result(y[start:start + item.rows])
-            start += item.rows
+            run_batch(key, forward, [item], totals)
+        return
+    start = 0
+    for item in batch:
+        item.future.set_result(y[start:start + item.rows])
+        start += item.rows
 
 
 class BatcherPool:
@@ -129,6 +142,7 @@ class BatcherPool:
         self.max_wait_s = max_wait_s
         self.idle_s = idle_s
         self._batchers: dict[str, Batcher] = {}
+        self._running: dict[str, int] = {}  # forwards in progress per key (inline or batcher thread)
         self._lock = threading.Lock()
         self._closed = False
         # Served so far (approximate under races: statistics, not accounting).
@@ -141,16 +155,33 @@ class BatcherPool:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
             batcher = self._batchers.get(key)
-            if batcher is None:
-                batcher = Batcher(
-                    key, forward, max_batch=self.max_batch, max_wait_s=self.max_wait_s,
-                    idle_s=self.idle_s, retire=self._retire, totals=self.totals,
-                )
-                self._batchers[key] = batcher
-                batcher.thread.start()
-            # Queued under the pool lock: a batcher retiring at this moment cannot miss the item.
-            batcher.queue.put(item)
+            inline = self._running.get(key, 0) == 0 and (batcher is None or batcher.idle())
+            if inline:
+                self._running[key] = 1
+            else:
+                if batcher is None:
+                    batcher = Batcher(
+                        key, forward, max_batch=self.max_batch, max_wait_s=self.max_wait_s,
+                        idle_s=self.idle_s, retire=self._retire, busy=self._mark_busy, totals=self.totals,
+                    )
+                    self._batchers[key] = batcher
+                    batcher.thread.start()
+                # Queued under the pool lock: a batcher retiring at this moment cannot miss the item.
+                batcher.queue.put(item)
+        if inline:
+            try:
+                run_batch(key, forward, [item], self.totals)
+            finally:
+                self._mark_busy(key, -1)
         return item.future
+
+    def _mark_busy(self, key: str, delta: int) -> None:
+        with self._lock:
+            n = self._running.get(key, 0) + delta
+            if n > 0:
+                self._running[key] = n
+            else:
+                self._running.pop(key, None)
 
     def _retire(self, batcher: Batcher) -> bool:
         with self._lock:

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import pytest
 import torch
 from torch import nn
 
-from app.compositions.batcher import BatcherPool
+from app.compositions.batcher import BatcherPool, _Item, run_batch
 from app.compositions.cache import ModelCache
+
+
+def _in_thread(pool: BatcherPool, key: str, forward, x: torch.Tensor) -> Future:
+    """Submit from another thread, as a request thread does (a lone request runs in its caller)."""
+    outer: Future = Future()
+    threading.Thread(target=lambda: outer.set_result(pool.submit(key, forward, x).result(10))).start()
+    return outer
 
 
 def _wait_until(cond, timeout: float = 10.0) -> None:
@@ -20,83 +28,99 @@ def _wait_until(cond, timeout: float = 10.0) -> None:
         time.sleep(0.001)
 
 
-def test_requests_queued_during_a_forward_share_the_next_one() -> None:
+def test_requests_queued_during_forwards_share_the_next_one() -> None:
     pool = BatcherPool(max_batch=16, max_wait_s=0.0)
     release, calls = threading.Event(), []
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         calls.append(x.shape[0])
-        if len(calls) == 1:
-            release.wait(10)
+        release.wait(10)
         return x * 2
 
     try:
-        first = pool.submit("c", forward, torch.full((1, 2), 1.0))
-        _wait_until(lambda: calls == [1])  # the lone request ran at once, without waiting
+        first = _in_thread(pool, "c", forward, torch.full((1, 2), 1.0))
+        _wait_until(lambda: calls == [1])  # the lone request ran at once, in its own thread
         rest = [pool.submit("c", forward, torch.full((1 + i % 2, 2), float(i))) for i in range(9)]
         release.set()
         assert torch.equal(first.result(10), torch.full((1, 2), 2.0))
         for i, fut in enumerate(rest):
             assert torch.equal(fut.result(10), torch.full((1 + i % 2, 2), 2.0 * i))
-        assert calls == [1, 13]  # 9 requests, 13 rows: one forward
-        assert pool.totals == {"batches": 2, "requests": 10, "inputs": 14}
+        # The lone one, what the batcher thread took first, then everything queued meanwhile at once.
+        assert sum(calls) == 14 and len(calls) <= 3
+        assert pool.totals["requests"] == 10 and pool.totals["batches"] == len(calls)
     finally:
         pool.close()
 
 
-def test_max_batch_splits_and_carries_over() -> None:
-    pool = BatcherPool(max_batch=4, max_wait_s=0.0)
-    release, calls = threading.Event(), []
+def test_max_batch_is_never_exceeded() -> None:
+    pool = BatcherPool(max_batch=4, max_wait_s=0.01)
+    calls: list[int] = []
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         calls.append(x.shape[0])
-        if len(calls) == 1:
-            release.wait(10)
+        time.sleep(0.01)
         return x + 1
 
     try:
-        futures = [pool.submit("c", forward, torch.zeros(1, 1))]
-        _wait_until(lambda: calls == [1])
-        futures += [pool.submit("c", forward, torch.zeros(3, 1)) for _ in range(3)]
-        release.set()
+        with ThreadPoolExecutor(8) as ex:
+            sizes = [1, 3, 3, 3, 2, 2, 1]
+            futures = list(ex.map(lambda n: pool.submit("c", forward, torch.zeros(n, 1)), sizes))
         assert all(torch.equal(f.result(10), torch.ones(f.result().shape)) for f in futures)
-        assert calls == [1, 3, 3, 3]  # 3 + 3 > max_batch: never more than 4 rows at once
+        assert sum(calls) == 15 and max(calls) <= 4
     finally:
         pool.close()
 
 
 def test_a_failing_batch_is_retried_request_by_request() -> None:
-    pool = BatcherPool(max_batch=8, max_wait_s=0.0)
-    release, calls = threading.Event(), []
+    calls: list[int] = []
 
     def forward(x: torch.Tensor) -> torch.Tensor:  # like a module exported with a fixed batch of 1
         calls.append(x.shape[0])
-        if len(calls) == 1:
-            release.wait(10)
         if x.shape[0] != 1:
             raise RuntimeError("expected batch size 1")
         if float(x[0, 0]) < 0:
             raise ValueError("negative input")
         return x * 3
 
+    good, bad = _Item(torch.full((1, 1), 2.0)), _Item(torch.full((1, 1), -1.0))
+    totals = {"batches": 0, "requests": 0, "inputs": 0}
+    run_batch("c", forward, [good, bad], totals)
+    assert good.future.result(0).item() == 6.0
+    with pytest.raises(ValueError, match="negative input"):
+        bad.future.result(0)
+    assert calls == [2, 1, 1]
+
+
+def test_a_lone_request_runs_in_its_own_thread() -> None:
+    pool = BatcherPool(max_batch=4, max_wait_s=1.0)
+    seen: list[threading.Thread] = []
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        seen.append(threading.current_thread())
+        return x
+
     try:
-        first = pool.submit("c", forward, torch.ones(1, 1))
-        _wait_until(lambda: calls == [1])
-        good = pool.submit("c", forward, torch.full((1, 1), 2.0))
-        bad = pool.submit("c", forward, torch.full((1, 1), -1.0))
-        release.set()
-        assert first.result(10).item() == 3.0 and good.result(10).item() == 6.0
-        with pytest.raises(ValueError, match="negative input"):
-            bad.result(10)
-        assert calls == [1, 2, 1, 1]
+        assert pool.submit("c", forward, torch.ones(1, 1)).done()  # no hand-off, no max_wait
+        assert seen == [threading.current_thread()] and pool.active() == 0
     finally:
         pool.close()
 
 
 def test_idle_batchers_retire_and_come_back() -> None:
     pool = BatcherPool(max_batch=4, max_wait_s=0.0, idle_s=0.05)
+    release = threading.Event()
+
+    def slow(x: torch.Tensor) -> torch.Tensor:
+        release.wait(10)
+        return x
+
     try:
-        assert pool.submit("c", lambda x: x, torch.ones(1, 1)).result(10).item() == 1.0
+        first = _in_thread(pool, "c", slow, torch.ones(1, 1))
+        _wait_until(lambda: pool._running.get("c") == 1)
+        queued = pool.submit("c", slow, torch.full((1, 1), 2.0))  # busy: goes to the batcher thread
+        assert pool.active() == 1
+        release.set()
+        assert first.result(10).item() == 1.0 and queued.result(10).item() == 2.0
         _wait_until(lambda: pool.active() == 0)
         assert pool.submit("c", lambda x: -x, torch.ones(1, 1)).result(10).item() == -1.0
     finally:
