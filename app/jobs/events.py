@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from sqlalchemy.orm import Session, sessionmaker
+from starlette.concurrency import run_in_threadpool
 
 from app.jobs import repository
 from app.models.job import FINAL_STATUSES
@@ -15,36 +17,39 @@ POLL_S = 0.3
 KEEPALIVE_S = 15.0
 
 
-def _snapshot(session: Session, job_id: str) -> dict | None:
-    job = repository.get(session, job_id)
-    if job is None:
-        return None
-    return {
-        "id": job.id,
-        "status": job.status,
-        "progress": job.progress,
-        "result": job.result,
-        "error": job.error,
-        "attempts": job.attempts,
-        "cancel_requested": job.cancel_requested,
-    }
+def _snapshot(factory: sessionmaker[Session], job_id: str) -> dict | None:
+    with factory() as session:
+        job = repository.get(session, job_id)
+        if job is None:
+            return None
+        return {
+            "id": job.id,
+            "status": job.status,
+            "progress": job.progress,
+            "result": job.result,
+            "error": job.error,
+            "attempts": job.attempts,
+            "cancel_requested": job.cancel_requested,
+        }
 
 
 def _event(name: str, seq: int, data: dict) -> str:
     return f"id: {seq}\nevent: {name}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def job_events(factory: sessionmaker[Session], job_id: str, *, poll_s: float = POLL_S) -> Iterator[str]:
+async def job_events(
+    factory: sessionmaker[Session], job_id: str, *, poll_s: float = POLL_S
+) -> AsyncIterator[str]:
     """`status` events when the status changes, `progress` events when progress does; then the end.
 
-    Each poll uses its own short session, so a long-lived stream holds no connection or transaction.
+    Each poll is a short session on a worker thread; between polls the stream holds no thread, no
+    connection and no transaction, so many clients can follow jobs at once.
     """
     last: dict | None = None
     seq = 0
     quiet_since = time.monotonic()
     while True:
-        with factory() as session:
-            snap = _snapshot(session, job_id)
+        snap = await run_in_threadpool(_snapshot, factory, job_id)
         if snap is None:  # deleted while we watched
             yield _event("error", seq + 1, {"id": job_id, "detail": "the job no longer exists"})
             return
@@ -62,4 +67,4 @@ def job_events(factory: sessionmaker[Session], job_id: str, *, poll_s: float = P
         if snap["status"] in FINAL_STATUSES:
             return
         last = snap
-        time.sleep(poll_s)
+        await asyncio.sleep(poll_s)
