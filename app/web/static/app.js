@@ -73,7 +73,7 @@ async function refreshGrid() {
       const cell = cells.get(cat + "\u0000" + task) || { category: cat, task, status: "missing" };
       const status = cell.status || "missing";
       board.append(el("div", {
-        class: "cell " + status + (cell.composition ? " has-composition" : ""), role: "gridcell",
+        class: "cell " + status + (cell.composition || cell.category_module ? " has-composition" : ""), role: "gridcell",
         dataset: { category: cat, task, status },
         onclick: () => showCell(cell),
       }, el("div", { class: "status" }, status), el("div", { class: "metric" }, headlineMetric(cell.metrics))));
@@ -87,18 +87,21 @@ async function showCell(cell) {
   box.hidden = false;
   const title = el("h3", {}, cell.category + " × " + cell.task + " (" + cell.status + ")");
   let comp = cell.composition;
-  if (!comp) {
-    box.replaceChildren(title, el("p", { class: "empty" }, "no composition for this cell yet"));
-    return;
-  }
   if (typeof comp === "string") {
     try { comp = await api("/v1/compositions/" + encodeURIComponent(comp)); } catch (e) { comp = { id: comp }; }
+  }
+  // A cell names its pieces itself (the ones a composition would pick) even before one is made.
+  comp = Object.assign({ category_module: cell.category_module, adapter: cell.adapter, task_module: cell.task_module }, comp || {});
+  if (!comp.category_module && !comp.task_module) {
+    const running = cell.job_id ? el("a", { href: "#jobs-section", onclick: () => selectJob(cell.job_id) }, "job " + cell.job_id.slice(0, 8)) : null;
+    box.replaceChildren(...[title, el("p", { class: "empty" }, "no modules for this cell yet"), running].filter(Boolean));
+    return;
   }
   const chain = el("div", { class: "lineage" },
     el("span", { class: "node" }, "f " + refStr(comp.category_module)), "→",
     el("span", { class: "node" }, "h " + (comp.adapter ? refStr(comp.adapter) : "none (native)")), "→",
     el("span", { class: "node" }, "g " + refStr(comp.task_module)));
-  const parts = [title, el("p", {}, "composition ", el("code", {}, comp.id || "?")), chain];
+  const parts = [title, el("p", {}, comp.id ? "composition " + comp.id : "not composed yet: POST /v1/compositions makes it"), chain];
   if (comp.adapter) parts.push(await lineageOf(comp.adapter));
   box.replaceChildren(...parts);
 }
