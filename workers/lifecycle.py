@@ -50,6 +50,7 @@ class JobRun:
         self.history: list[dict] = []
         self.cancel_requested = False
         self._dirty = False
+        self._history_saved = 0
         self._last_flush = 0.0
         self.on_rollback: list[Callable[[Session], None]] = []
         """Clean-ups when the final transaction fails (e.g. delete an object no row references)."""
@@ -84,7 +85,10 @@ class JobRun:
         self._last_flush = now
         with self.ctx.sessionmaker() as session:
             if self._dirty:
-                cancel = repository.save_progress(session, self.job_id, self.progress, self.history)
+                # The whole history is rewritten only when an epoch was added since the last write.
+                history = self.history if len(self.history) != self._history_saved else None
+                cancel = repository.save_progress(session, self.job_id, self.progress, history)
+                self._history_saved = len(self.history)
             else:
                 job = repository.get(session, self.job_id)
                 cancel = job is None or job.cancel_requested

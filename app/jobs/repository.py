@@ -121,13 +121,12 @@ def claim_running(session: Session, job_id: str, worker: str, *, redelivered: bo
     return res.rowcount == 1
 
 
-def save_progress(session: Session, job_id: str, progress: dict, history: list) -> bool:
-    """Write progress of a running job; returns whether a cancel was requested meanwhile."""
-    session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(progress=progress, history=history, updated_at=utcnow())
-    )
+def save_progress(session: Session, job_id: str, progress: dict, history: list | None = None) -> bool:
+    """Write progress (and history, when given) of a running job; whether a cancel was requested."""
+    values: dict = {"progress": progress, "updated_at": utcnow()}
+    if history is not None:
+        values["history"] = history
+    session.execute(update(Job).where(Job.id == job_id, Job.status == "running").values(**values))
     flag = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
     return bool(flag)
 
