@@ -273,7 +273,10 @@ def demo(
 
     if size not in SIZES:
         raise usage(f"--size must be one of {', '.join(SIZES)}")
-    code = run_demo(size=size, data_dir=data_dir, port=port, seed=seed, console=out)
+    from rich.console import Console
+
+    wide = Console(width=max(out.width, 120), soft_wrap=True)  # the comparison table needs the room
+    code = run_demo(size=size, data_dir=data_dir, port=port, seed=seed, console=wide)
     raise typer.Exit(code)
 
 
