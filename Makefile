@@ -11,7 +11,10 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch is installed first and pinned: an unpinned torch pulls gigabytes of CUDA packages.
+# The dashboard's browser test drives Debian's chromium (a test tool's own browser download cannot work).
 $(STAMP): pyproject.toml $(VENV)/bin/python
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
@@ -19,8 +22,9 @@ $(STAMP): pyproject.toml $(VENV)/bin/python
 
 install: $(STAMP)
 
+# `make demo SIZE=tiny` is CI's reduced run (under ~2 minutes); the default is the full story.
 demo: install
-	$(VENV)/bin/graft demo
+	$(VENV)/bin/graft demo $(if $(SIZE),--size $(SIZE))
 
 test: install
 	$(PY) -m pytest -q
