@@ -63,8 +63,8 @@ def test_push_teacher_splits_a_residual_batchnorm_network_and_serves_it_unchange
     comp = client.compose(category_module=f"{category}-f@1", task_module=f"{category}-cls@1")
     out = client.predict(comp["id"], x.numpy())
     np.testing.assert_allclose(out, model(x).detach().numpy(), rtol=1e-4, atol=1e-4)
-    cell = [c for c in client.grid()["cells"] if c["category"] == category]
-    assert [(c["task"], c["status"]) for c in cell] == [("cls", "native")]
+    cells = {(c["category"], c["task"]): c["status"] for c in client.grid()["cells"]}
+    assert cells[(category, "cls")] == "native"
 
 
 def test_server_errors_carry_status_and_detail(client: Client, graft_server: LocalServer,
@@ -128,9 +128,11 @@ def test_transplant_waited_to_completion_then_composed_and_called(client: Client
     assert version["job_id"] == job.id and version["kind"] == "adapter"
     assert job.id in [j["id"] for j in client.jobs(limit=100)]
 
-    comp = client.compose(category, "cls")
-    assert comp["adapter"]["name"] == adapter["name"]
+    comp = client.compose(category_module=pushed["category_module"], adapter=adapter, task_module=student)
+    assert comp["adapter"] == {"name": adapter["name"], "version": adapter["version"]}
     assert client.predict(comp["id"], x[:5].numpy()).shape == (5, 3)
+    # The cell itself is served by the teacher's own pair, which always wins over a transplant.
+    assert client.compose(category, "cls")["adapter"] is None
 
 
 def test_a_cancelled_job_raises_job_failed_when_checked(client: Client) -> None:
