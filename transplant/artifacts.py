@@ -28,6 +28,7 @@ import math
 import re
 import struct
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 
@@ -162,6 +163,11 @@ def _sanitised_export_copy(path: Path, dest: Path) -> None:
                     fout.write(chunk)
 
 
+# torch.export's deserializer keeps process-global state (`_CURRENT_DESERIALIZER`): two threads loading
+# at once (a job and a predict in one server) make the second fail. Loads are rare; serialise them.
+_EXPORT_LOAD_LOCK = threading.Lock()
+
+
 def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
     """Load an artifact as a module in eval mode, never unpickling uploaded bytes."""
     path = Path(path)
@@ -173,7 +179,8 @@ def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
             with tempfile.TemporaryDirectory(prefix="graft-export-") as tmp:
                 clean = Path(tmp) / "clean.pt2"
                 _sanitised_export_copy(path, clean)
-                module = torch.export.load(clean).module()
+                with _EXPORT_LOAD_LOCK:
+                    module = torch.export.load(clean).module()
         elif format == "torchscript":
             module = torch.jit.load(str(path), map_location="cpu")
         else:
