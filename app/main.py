@@ -19,6 +19,7 @@ from app.errors import install_error_handlers
 from app.jobs.router import router as jobs_router
 from app.logging import RequestIdMiddleware, configure_logging
 from app.modules.router import router as modules_router
+from app.ops.metrics import MetricsMiddleware, job_registry
 from app.ops.router import router as ops_router
 from app.storage import open_store
 from app.web.router import router as web_router
@@ -55,8 +56,10 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
     app.state.store = open_store(settings)
+    app.state.job_metrics = job_registry(engine)
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(MetricsMiddleware)  # every route, whatever its router's route class
     for router in (
         ops_router, auth_router, modules_router, datasets_router, jobs_router, compositions_router,
         web_router,

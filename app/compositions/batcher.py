@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from app.ops import metrics
+
 log = logging.getLogger(__name__)
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -33,6 +35,7 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 class _Item:
     x: torch.Tensor  # (n, *input_shape)
     future: Future = field(default_factory=Future)
+    submitted: float = field(default_factory=time.perf_counter)
 
     @property
     def rows(self) -> int:
@@ -113,8 +116,12 @@ def run_batch(key: str, forward: Forward, batch: list[_Item], totals: dict[str, 
     totals["inputs"] += sum(item.rows for item in batch)
     try:
         x = batch[0].x if len(batch) == 1 else torch.cat([item.x for item in batch])
+        started = time.perf_counter()
         with torch.inference_mode():
             y = forward(x)  # (rows, *output_shape)
+        metrics.FORWARD_LATENCY.observe(time.perf_counter() - started)
+        metrics.BATCH_REQUESTS.observe(len(batch))
+        metrics.BATCH_INPUTS.observe(int(x.shape[0]))
         if not isinstance(y, torch.Tensor) or y.shape[0] != x.shape[0]:
             raise RuntimeError("the composition's output does not keep the batch dimension first")
     except Exception as exc:  # noqa: BLE001 - handed to the waiting requests
@@ -128,8 +135,9 @@ def run_batch(key: str, forward: Forward, batch: list[_Item], totals: dict[str, 
         for item in batch:
             run_batch(key, forward, [item], totals)
         return
-    start = 0
+    start, done = 0, time.perf_counter()
     for item in batch:
+        metrics.PREDICT_LATENCY.observe(done - item.submitted)
         item.future.set_result(y[start:start + item.rows])
         start += item.rows
 

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from app.ops import metrics
 from transplant.compose import parameter_bytes
 
 
@@ -46,6 +47,7 @@ class ModelCache:
                 if entry is not None:
                     return entry.module
                 self.misses += 1
+                metrics.CACHE_MISSES.inc()
             try:
                 module = load()
             finally:
@@ -59,6 +61,7 @@ class ModelCache:
         if entry is not None:
             self._items.move_to_end(key)
             self.hits += 1
+            metrics.CACHE_HITS.inc()
         return entry
 
     def _insert(self, key: str, module: nn.Module) -> None:
@@ -68,10 +71,13 @@ class ModelCache:
                 return
             self._items[key] = _Entry(module, nbytes)
             self.bytes += nbytes
+            metrics.CACHE_BYTES.inc(nbytes)
             while self.bytes > self.max_bytes:
                 _, old = self._items.popitem(last=False)
                 self.bytes -= old.nbytes
                 self.evictions += 1
+                metrics.CACHE_EVICTIONS.inc()
+                metrics.CACHE_BYTES.dec(old.nbytes)
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
@@ -80,6 +86,7 @@ class ModelCache:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            metrics.CACHE_BYTES.dec(self.bytes)  # the gauge sums every cache of the process
             self.bytes = 0
 
     def stats(self) -> dict:

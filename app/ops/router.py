@@ -9,10 +9,10 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
-from app.ops.metrics import REGISTRY, MetricsRoute
+from app.ops.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
-router = APIRouter(tags=["operations"], route_class=MetricsRoute)
+router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
@@ -65,6 +65,13 @@ def readyz(request: Request) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics() -> PlainTextResponse:
-    """Prometheus text exposition of Graft's request metrics."""
-    return PlainTextResponse(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> PlainTextResponse:
+    """Prometheus text: requests, predictions and cache of this process, jobs from the database."""
+    text = generate_latest(REGISTRY)
+    jobs = getattr(request.app.state, "job_metrics", None)
+    if jobs is not None:
+        try:
+            text += generate_latest(jobs)
+        except Exception as exc:  # a database hiccup must not hide the process's own metrics
+            log.warning("metrics: job figures unavailable: %s", exc)
+    return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
