@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -33,6 +33,33 @@ class TrainOptions(BaseModel):
     grad_clip: float | None = Field(None, gt=0)
 
 
+class AutoBudgetOptions(BaseModel):
+    """`adapter: {"auto": {"budget": …}}`: what the search may spend (omitted: the engine's defaults)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int | None = Field(
+        None, ge=2, le=1_000_000,
+        description="Optimiser steps, super-network + fine-tune (default: what one fixed adapter would run).",
+    )
+    supernet_fraction: float | None = Field(
+        None, gt=0, lt=1, description="Share of `steps` spent on the super-network."
+    )
+    max_candidates: int | None = Field(None, ge=1, le=1024, description="Children scored in the search.")
+    depths: list[Annotated[int, Field(ge=1, le=8)]] | None = Field(None, min_length=1, max_length=8)
+    widths: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(None, min_length=1, max_length=8)
+    kernels: list[Annotated[int, Field(ge=1, le=15)]] | None = Field(None, min_length=1, max_length=8)
+    skips: list[bool] | None = Field(None, min_length=1, max_length=2)
+
+
+class AutoOptions(BaseModel):
+    """The value of `adapter.auto`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    budget: AutoBudgetOptions = Field(default_factory=AutoBudgetOptions)
+
+
 class TransplantCreate(BaseModel):
     """POST /v1/transplants: learn an adapter so that g_S(h(f(x))) does what g_T(f(x)) does."""
 
@@ -45,8 +72,9 @@ class TransplantCreate(BaseModel):
     method: Literal["back_distillation", "distillation", "supervised"] = "back_distillation"
     adapter: dict[str, Any] | Literal["auto"] | None = Field(
         None,
-        description='Adapter architecture: {"arch": "conv"|"mlp", "layers", "hidden", …}, "auto" '
-        "(architecture search), or null (a small adapter fitted to the shapes).",
+        description='Adapter architecture: {"arch": "conv"|"mlp", "layers", "hidden", …}; "auto" or '
+        '{"auto": {"budget": {…AutoBudgetOptions}}} (architecture and weight search, warm-started from '
+        "registered adapters into the same task); or null (a small adapter fitted to the shapes).",
     )
     epochs: int = Field(20, ge=1, le=10_000)
     seed: int = Field(0, ge=0, le=2**31 - 1)

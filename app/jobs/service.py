@@ -10,19 +10,22 @@ import uuid
 from datetime import datetime
 
 import torch
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from app.datasets.service import get_dataset
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
 from app.jobs import repository
 from app.jobs.dispatch import enqueue_after_commit
-from app.jobs.schemas import TransplantCreate
+from app.jobs.schemas import AutoOptions, TransplantCreate
 from app.models import Job, Module, ModuleVersion
 from app.models.job import FINAL_STATUSES
 from app.modules.schemas import NAME_PATTERN
 from app.modules.service import get_module, resolve_version, version_ref
 from transplant.adapters import AdapterConfig, build_adapter, fit_adapter_config
 from transplant.errors import TransplantError
+from transplant.search import AutoBudget, SearchSpace
+from transplant.search.auto import SPACE_KEYS
 
 TRANSPLANT_TASK = "graft.transplant"
 MAX_PAGE = 200
@@ -83,6 +86,53 @@ def check_adapter(overrides: dict | None, f_out: tuple, g_in: tuple) -> AdapterC
     return config
 
 
+def is_auto(adapter: object) -> bool:
+    """Whether the request's `adapter` asks for the search: "auto" or {"auto": {...}}."""
+    return adapter == "auto" or (isinstance(adapter, dict) and "auto" in adapter)
+
+
+def _readable(exc: ValidationError, prefix: str) -> str:
+    parts = []
+    for err in exc.errors()[:4]:
+        where = ".".join([prefix, *(str(p) for p in err["loc"])])
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def check_auto(adapter: str | dict, f_out: tuple, g_in: tuple) -> dict:
+    """`"auto"` or `{"auto": {"budget": …}}` checked against the shapes; the normalised `{"auto": …}`."""
+    if adapter == "auto":
+        options: object = {}
+    else:
+        assert isinstance(adapter, dict)
+        if set(adapter) != {"auto"}:
+            raise Unprocessable(
+                f'adapter {{"auto": …}} takes no other keys, not {sorted(set(adapter) - {"auto"})}; '
+                'put the search budget in {"auto": {"budget": {…}}}.'
+            )
+        options = adapter["auto"] if adapter["auto"] is not None else {}
+    try:
+        parsed = AutoOptions.model_validate(options)
+    except ValidationError as exc:
+        raise Unprocessable(
+            f"Invalid adapter.auto ({_readable(exc, 'adapter.auto')}); the budget keys are "
+            "steps, supernet_fraction, max_candidates, depths, widths, kernels and skips."
+        ) from None
+    budget = parsed.budget.model_dump(exclude_none=True)
+    try:
+        plan = AutoBudget.from_dict({**budget, "out_shape": g_in})
+        space = SearchSpace.for_shapes(f_out, g_in, **{k: getattr(plan, k) for k in SPACE_KEYS})
+        if not space.candidates():
+            raise ValueError("the budget leaves no candidate adapter")
+    except (TransplantError, ValueError, TypeError) as exc:
+        raise Unprocessable(
+            f"No adapter search maps the category module's output shape {list(f_out)} to the student "
+            f"task module's input shape {list(g_in)} within this budget ({exc}); pick modules whose "
+            "shapes chain, or widen the budget."
+        ) from None
+    return {"auto": {"budget": budget}}
+
+
 def _derived_name(category: str, task: str) -> str:
     """`<category>-to-<task>-adapter`, folded into a valid module name."""
     name = re.sub(r"[^a-z0-9._-]+", "-", f"{category}-to-{task}-adapter".lower()).strip("-._")
@@ -136,8 +186,11 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
             f"outputs {list(f_out)}; the teacher must be trained on this category module's features."
         )
     s_in = _fixed_tail(g_s, "input_shape", _shape(g_s.input_shape))
-    if body.adapter != "auto":
-        check_adapter(body.adapter, f_out, s_in)
+    adapter = body.adapter
+    if is_auto(adapter):
+        adapter = check_auto(adapter, f_out, s_in)
+    else:
+        check_adapter(adapter, f_out, s_in)
     category = f.module.category or f.module.name
     task = g_s.module.task or g_s.module.name
     result_module = body.result_module or _derived_name(category, task)
@@ -150,7 +203,7 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
         "student_task_module": version_ref(g_s),
         "dataset": dataset.id,
         "method": body.method,
-        "adapter": body.adapter,
+        "adapter": adapter,
         "epochs": body.epochs,
         "seed": body.seed,
         "result_module": result_module,

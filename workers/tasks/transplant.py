@@ -23,6 +23,7 @@ from app.errors import NotFound
 from app.jobs.context import JobContext
 from app.logging import job_context
 from app.models import ModuleVersion
+from app.modules import repository as modules_repository
 from app.modules.service import (
     add_version,
     create_module,
@@ -35,6 +36,7 @@ from app.modules.service import (
 from transplant import TrainConfig, run_transplant
 from transplant.adapters import fit_adapter_config, save_adapter
 from transplant.artifacts import ArtifactError, load_module
+from transplant.search import run_auto_transplant
 from workers.lifecycle import JobFailed, JobRun, Register, run_job
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,11 @@ ROLES = (
 )
 
 
-def _fetch(ctx: JobContext, version: ModuleVersion, folder: Path) -> torch.nn.Module:
+MAX_WARM_STARTS = 16
+"""Registered adapters offered to an auto search as starting points (the newest modules first)."""
+
+
+def fetch_module(ctx: JobContext, version: ModuleVersion, folder: Path) -> torch.nn.Module:
     """Download one module version and load it without unpickling."""
     path = folder / f"{version.module.name}-{version.version}.{version.format}"
     try:
@@ -59,15 +65,75 @@ def _fetch(ctx: JobContext, version: ModuleVersion, folder: Path) -> torch.nn.Mo
         ) from None
 
 
-def _adapter_config(run: JobRun, f_out: list, g_in: list):  # noqa: ANN202
-    adapter = run.request.get("adapter")
+def _auto_options(req: dict) -> dict | None:
+    """The search options when the request asks for `"adapter": "auto"` (either spelling), else None."""
+    adapter = req.get("adapter")
     if adapter == "auto":
-        # The search engine (transplant.search) is not wired into jobs yet: say so, never fake it.
-        raise JobFailed(
-            'adapter "auto" (architecture search) is not available on this worker yet; request an '
-            "explicit adapter such as {\"arch\": \"conv\", \"layers\": 2} or null."
-        )
-    return fit_adapter_config(tuple(f_out[1:]), tuple(g_in[1:]), **(adapter or {}))
+        return {"budget": {}}
+    if isinstance(adapter, dict) and "auto" in adapter:
+        return adapter["auto"] or {"budget": {}}
+    return None
+
+
+def _adapter_config(run: JobRun, f_out: list, g_in: list):  # noqa: ANN202
+    return fit_adapter_config(tuple(f_out[1:]), tuple(g_in[1:]), **(run.request.get("adapter") or {}))
+
+
+def _warm_start_versions(ctx: JobContext, task: str, f_out: list, g_in: list) -> list[ModuleVersion]:
+    """Latest versions of adapter modules of `task` whose spec maps f's output to g_S's input."""
+    want_in, want_out = list(f_out[1:]), list(g_in[1:])
+    found: list[ModuleVersion] = []
+    after = None
+    with ctx.sessionmaker() as session:
+        while True:
+            page = modules_repository.list_modules(
+                session, kind="adapter", category=None, task=task, after=after, limit=200
+            )
+            for module, latest in page:
+                if latest is None:
+                    continue
+                version = modules_repository.get_version(session, module.id, latest)
+                config = ((version.arch or {}).get("config") or {}) if version is not None else {}
+                if (version is not None and version.format == "safetensors"
+                        and config.get("in_shape") == want_in and config.get("out_shape") == want_out):
+                    found.append(version)
+            if len(page) < 200:
+                break
+            after = page[-1][0].id
+    return found[-MAX_WARM_STARTS:]
+
+
+def _warm_starts(ctx: JobContext, versions: list[ModuleVersion], folder: Path) -> tuple[list, dict]:
+    """(name, module, arch) triples for the search, and each name's version reference."""
+    starts, refs = [], {}
+    for version in versions:
+        name = f"{version.module.name}@{version.version}"
+        try:
+            module = fetch_module(ctx, version, folder)
+        except JobFailed as exc:  # a broken registered adapter is no reason to fail this job
+            log.warning("warm start %s skipped: %s", name, exc)
+            continue
+        starts.append((name, module, version.arch))
+        refs[name] = version_ref(version)
+    return starts, refs
+
+
+class _Phases:
+    """Forwards the search's events to the job, keeping its stage (supernet/search/finetune) as `phase`."""
+
+    def __init__(self, run: JobRun) -> None:
+        self.run = run
+
+    def _phase(self, info: dict) -> dict:
+        info = dict(info)
+        info["phase"] = info.pop("stage", None)
+        return info
+
+    def on_step_end(self, info: dict) -> None:
+        self.run.on_step_end(self._phase(info))
+
+    def on_epoch_end(self, record: dict) -> None:
+        self.run.on_epoch_end(self._phase(record))
 
 
 def _train_config(req: dict) -> TrainConfig:
@@ -82,8 +148,14 @@ def _work(run: JobRun) -> Register:
     with ctx.sessionmaker() as session:
         versions = {field: resolve_version(session, req[field]) for field, _ in ROLES}
         dataset = get_dataset(session, req["dataset"])
+    f_v, g_s_v = versions["category_module"], versions["student_task_module"]
+    auto = _auto_options(req)
+    warm_versions = []
+    if auto is not None:
+        warm_versions = _warm_start_versions(ctx, req["task"], f_v.output_shape, g_s_v.input_shape)
     with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
-        f, g_t, g_s = (_fetch(ctx, versions[field], Path(tmp)) for field, _ in ROLES)
+        f, g_t, g_s = (fetch_module(ctx, versions[field], Path(tmp)) for field, _ in ROLES)
+        warm_starts, warm_refs = _warm_starts(ctx, warm_versions, Path(tmp))
     try:
         x_np, y_np = load_arrays(ctx.store, dataset)
     except (OSError, ValueError) as exc:
@@ -93,21 +165,32 @@ def _work(run: JobRun) -> Register:
     if y_np is not None:
         y = torch.from_numpy(y_np)
         y = y.long() if not y.is_floating_point() else y.float()
-    f_v, g_s_v = versions["category_module"], versions["student_task_module"]
-    config = _adapter_config(run, f_v.output_shape, g_s_v.input_shape)
     train = _train_config(req)
     run.report(stage="training", device=str(train.resolved_device()))
-    result = run_transplant(
-        f, g_t, g_s, x, y,
-        method=req["method"], adapter=config, train=train, callbacks=[run], should_stop=run.should_stop,
-    )
+    if auto is not None:
+        budget = dict(auto.get("budget") or {})
+        if list(f_v.output_shape[1:]) != list(g_s_v.input_shape[1:]):
+            budget["out_shape"] = list(g_s_v.input_shape[1:])
+        result = run_auto_transplant(
+            f, g_t, g_s, x, y, method=req["method"], budget=budget, warm_starts=warm_starts, train=train,
+            callbacks=[_Phases(run)], should_stop=run.should_stop,
+        )
+    else:
+        config = _adapter_config(run, f_v.output_shape, g_s_v.input_shape)
+        result = run_transplant(
+            f, g_t, g_s, x, y,
+            method=req["method"], adapter=config, train=train, callbacks=[run], should_stop=run.should_stop,
+        )
     weights, spec = save_adapter(result.adapter, result.config)
+    warm_name = (result.metrics.get("search") or {}).get("warm_start")
     metrics = {**result.metrics, "dataset": dataset.id, "job_id": run.job_id}
     run.report(stage="registering", **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
 
     def register(session: Session) -> dict:
         module = _adapter_module(session, req)
         parents = [{**version_ref(versions[field]), "role": role} for field, role in ROLES]
+        if warm_name in warm_refs:
+            parents.append({**warm_refs[warm_name], "role": "warm_start"})
         with tempfile.TemporaryDirectory(prefix="graft-adapter-") as tmp:
             path = Path(tmp) / "adapter.safetensors"
             path.write_bytes(weights)

@@ -1,0 +1,85 @@
+"""`"adapter": "auto"` in transplant jobs: the search runs in the worker, warm-started from the registry."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.jobs.world import World, check_adapter_reproduces_teacher, final, transplant, wait_for
+
+TRAIN = {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}
+# A tiny space (2 children) and few steps: the test checks the wiring, bench/search.py the science.
+BUDGET = {"steps": 30, "depths": [1, 2], "widths": [8], "kernels": [1], "skips": [False]}
+
+
+def _jobs(api) -> set[str]:
+    return {j["id"] for j in api.get("/v1/jobs", params={"limit": 200}).json()["items"]}
+
+
+def test_auto_searches_registers_and_warm_starts(embedded_api, embedded_world: World) -> None:
+    api, world = embedded_api, embedded_world
+    first = wait_for(api, transplant(
+        api, world, adapter={"auto": {"budget": BUDGET}}, result_module="auto-a", epochs=5, train=TRAIN,
+    ), final)
+    assert first["status"] == "succeeded", first["error"]
+    assert first["request"]["adapter"] == {"auto": {"budget": BUDGET}}
+    assert first["result"]["adapter"] == {"name": "auto-a", "version": 1}
+    assert {r["phase"] for r in first["history"]} == {"supernet", "finetune"}
+
+    version = check_adapter_reproduces_teacher(api, world, first)
+    search = version["metrics"]["search"]
+    assert len(search["candidates"]) == 2 and search["space_size"] == 2
+    assert search["supernet_steps"] + search["finetune_steps"] == version["metrics"]["steps"] <= 30
+    assert version["arch"] == search["chosen"]
+    assert version["arch"]["config"]["layers"] in (1, 2) and version["arch"]["config"]["hidden"] in (8, 16)
+    assert {p["role"] for p in version["parents"]} == {"category", "teacher", "student"}
+
+    # A second search with a budget too small to train anything: the registered adapter is offered as
+    # a warm start, scored on the new features, and (being trained) wins; the lineage records it.
+    second = wait_for(api, transplant(
+        api, world, adapter={"auto": {"budget": {**BUDGET, "steps": 2}}}, result_module="auto-b", epochs=1,
+        train=TRAIN,
+    ), final)
+    assert second["status"] == "succeeded", second["error"]
+    ref = second["result"]["adapter"]
+    version_b = api.get(f"/v1/modules/{ref['name']}/versions/{ref['version']}").json()
+    search_b = version_b["metrics"]["search"]
+    offered = {w["name"]: w for w in search_b["warm_starts"]}
+    assert offered["auto-a@1"]["score"] is not None
+    assert search_b["warm_start"] == "auto-a@1"
+    assert {"name": "auto-a", "version": 1, "role": "warm_start"} in version_b["parents"]
+
+
+def test_plain_auto_string_is_normalised(embedded_api, embedded_world: World) -> None:
+    before = _jobs(embedded_api)
+    resp = embedded_api.post("/v1/transplants", json={
+        **embedded_world.refs(), "adapter": "auto", "result_module": "auto-plain", "epochs": 1,
+    })
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["job_id"]
+    assert job_id not in before
+    cancel = embedded_api.post(f"/v1/jobs/{job_id}/cancel")  # only the recorded request matters here
+    assert cancel.status_code in (200, 409)
+    job = wait_for(embedded_api, job_id, final)
+    assert job["request"]["adapter"] == {"auto": {"budget": {}}}
+
+
+CASES = [
+    ({"auto": {"budget": {"stepz": 3}}}, "adapter.auto.budget.stepz"),
+    ({"auto": {"budget": {"steps": "many"}}}, "adapter.auto.budget.steps"),
+    ({"auto": {"budget": {"out_shape": [4, 6, 6]}}}, "adapter.auto.budget.out_shape"),
+    ({"auto": {"budget": {"depths": [0]}}}, "adapter.auto.budget.depths.0"),
+    ({"auto": {"budget": {"kernels": [2]}}}, "No adapter search maps"),
+    ({"auto": {"budget": {"supernet_fraction": 1.5}}}, "adapter.auto.budget.supernet_fraction"),
+    ({"auto": {"speed": "fast"}}, "adapter.auto.speed"),
+    ({"auto": {}, "arch": "conv"}, "takes no other keys"),
+    ({"auto": "yes"}, "adapter.auto"),
+]
+
+
+@pytest.mark.parametrize(("adapter", "detail"), CASES, ids=[str(c[0]) for c in CASES])
+def test_bad_auto_budgets_are_refused_before_queueing(embedded_api, embedded_world, adapter, detail) -> None:
+    before = _jobs(embedded_api)
+    resp = embedded_api.post("/v1/transplants", json={**embedded_world.refs(), "adapter": adapter})
+    assert resp.status_code == 422, resp.text
+    assert detail in resp.json()["detail"]
+    assert _jobs(embedded_api) == before
