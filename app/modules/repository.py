@@ -39,25 +39,35 @@ def list_modules(
     return [(m, v) for m, v in session.execute(query)]
 
 
-def _versions(session: Session):
-    return select(ModuleVersion).options(joinedload(ModuleVersion.module))
+def _versions(session: Session, with_module: bool = True):
+    # with_module=False when the caller already holds the Module row and attaches it itself: the
+    # JOIN to modules is then pure cost on the hottest read (resolve a version).
+    query = select(ModuleVersion)
+    return query.options(joinedload(ModuleVersion.module)) if with_module else query
 
 
-def get_version(session: Session, module_id: int, number: int) -> ModuleVersion | None:
-    query = _versions(session).where(ModuleVersion.module_id == module_id, ModuleVersion.version == number)
+def get_version(
+    session: Session, module_id: int, number: int, *, with_module: bool = True
+) -> ModuleVersion | None:
+    query = _versions(session, with_module).where(
+        ModuleVersion.module_id == module_id, ModuleVersion.version == number
+    )
     return session.scalars(query).one_or_none()
 
 
-def get_latest(session: Session, module_id: int) -> ModuleVersion | None:
+def get_latest(session: Session, module_id: int, *, with_module: bool = True) -> ModuleVersion | None:
+    # One index probe: a backward scan of uq_module_versions_module_version (module_id, version).
     query = (
-        _versions(session).where(ModuleVersion.module_id == module_id)
+        _versions(session, with_module).where(ModuleVersion.module_id == module_id)
         .order_by(ModuleVersion.version.desc()).limit(1)
     )
     return session.scalars(query).first()
 
 
-def get_by_alias(session: Session, module_id: int, alias: str) -> ModuleVersion | None:
-    query = _versions(session).join(Alias, Alias.version_id == ModuleVersion.id).where(
+def get_by_alias(
+    session: Session, module_id: int, alias: str, *, with_module: bool = True
+) -> ModuleVersion | None:
+    query = _versions(session, with_module).join(Alias, Alias.version_id == ModuleVersion.id).where(
         Alias.module_id == module_id, Alias.alias == alias
     )
     return session.scalars(query).one_or_none()

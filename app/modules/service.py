@@ -93,18 +93,21 @@ def _parse_ref(ref: str | dict) -> tuple[str, str]:
 
 def find_version(session: Session, module: Module, selector: str) -> ModuleVersion:
     """The version of `module` named by a number, an alias or `latest`; NotFound otherwise."""
+    # The module row is in hand: load the version alone and attach it (no JOIN to modules).
     if _NUMBER.match(selector):
-        version = repository.get_version(session, module.id, int(selector))
+        version = repository.get_version(session, module.id, int(selector), with_module=False)
     elif selector == "latest":
-        version = repository.get_latest(session, module.id)
+        version = repository.get_latest(session, module.id, with_module=False)
         if version is None:
             raise NotFound(f"Module {module.name!r} has no versions yet; upload one first.")
     else:
-        version = repository.get_by_alias(session, module.id, selector)
+        version = repository.get_by_alias(session, module.id, selector, with_module=False)
     if version is None:
         raise NotFound(
             f"Module {module.name!r} has no version or alias {selector!r}; list its versions to pick one."
         )
+    if "module" not in version.__dict__:  # a version already loaded with its module keeps it
+        set_committed_value(version, "module", module)
     return version
 
 
