@@ -1,4 +1,4 @@
-"""Transplant requests and jobs: POST /v1/transplants, GET /v1/jobs[/{id}[/events]], cancel."""
+"""Jobs: POST /v1/transplants and /v1/amalgamations, GET /v1/jobs[/{id}[/events]], cancel."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from app.deps import ReadAuth, SessionDep, WriteAuth
 from app.jobs import service
 from app.jobs.events import job_events
-from app.jobs.schemas import JobDetail, JobList, JobQueued, JobRead, TransplantCreate
+from app.jobs.schemas import AmalgamationCreate, JobDetail, JobList, JobQueued, JobRead, TransplantCreate
 
 router = APIRouter(tags=["jobs"])
 
@@ -21,6 +21,14 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 def create_transplant(body: TransplantCreate, session: SessionDep, principal: WriteAuth) -> JobQueued:
     """Queue a transplant job; everything is checked first, the job leaves after the commit."""
     job = service.create_transplant(session, body, owner_token_id=principal.token_id)
+    session.commit()
+    return JobQueued(job_id=job.id, status=job.status)
+
+
+@router.post("/v1/amalgamations", status_code=202, response_model=JobQueued)
+def create_amalgamation(body: AmalgamationCreate, session: SessionDep, principal: WriteAuth) -> JobQueued:
+    """Queue an amalgamation job (one student from several teachers); checked first, sent after commit."""
+    job = service.create_amalgamation(session, body, owner_token_id=principal.token_id)
     session.commit()
     return JobQueued(job_id=job.id, status=job.status)
 

@@ -120,3 +120,66 @@ class JobDetail(JobRead):
 class JobList(BaseModel):
     items: list[JobRead]
     next_cursor: str | None = None
+
+
+class AmalgamationTeacher(BaseModel):
+    """One teacher classifier: a category module f and a task module (head) on f's features."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    category_module: Ref = Field(examples=["digits-low-f@1"])
+    task_module: Ref = Field(examples=["digits-low-head@1"])
+    classes: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        None, min_length=1, max_length=10_000,
+        description="Class names in the order of the head's logits. Default: the head version's "
+        '`metrics["classes"]`; required when the head version has none.',
+    )
+
+
+class StudentOptions(BaseModel):
+    """The student's architecture (`transplant.amalgamate.StudentConfig`; input shape: the dataset's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    widths: list[Annotated[int, Field(ge=1, le=2048)]] = Field([32, 64], min_length=1, max_length=8)
+    kernel_sizes: list[Annotated[int, Field(ge=1, le=15)]] | None = Field(
+        None, min_length=1, max_length=8, description="Odd kernel size per block (default 3)."
+    )
+    pools: list[Annotated[int, Field(ge=1, le=16)]] | None = Field(
+        None, min_length=1, max_length=8, description="Max-pool factor per block (default 2; 1 = none)."
+    )
+    head_hidden: list[Annotated[int, Field(ge=1, le=8192)]] = Field([], max_length=4)
+
+
+class AmalgamationOptions(BaseModel):
+    """Optional knobs passed to the engine's `AmalgamationConfig` (defaults: `epochs` for every stage)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs_per_layer: int | None = Field(None, ge=1, le=10_000)
+    head_epochs: int | None = Field(None, ge=1, le=10_000)
+    finetune_epochs: int | None = Field(None, ge=1, le=10_000)
+    lr: float | None = Field(None, gt=0, le=10)
+    finetune_lr: float | None = Field(None, gt=0, le=10)
+    batch_size: int | None = Field(None, ge=1, le=65536)
+    fam_init: Literal["identity", "default"] | None = None
+
+
+class AmalgamationCreate(BaseModel):
+    """POST /v1/amalgamations: one compact student classifying the union of the teachers' classes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teachers: list[AmalgamationTeacher] = Field(min_length=2, max_length=16)
+    dataset: str = Field(min_length=1, max_length=64, description="Unlabelled inputs (POST /v1/datasets).")
+    student: StudentOptions = Field(default_factory=StudentOptions)
+    epochs: int = Field(
+        20, ge=1, le=10_000, description="Epochs of each stage (layer-wise, head, fine-tune)."
+    )
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    result_module: str | None = Field(
+        None, min_length=1, max_length=100,
+        description='Category (and category module name) of the student; its task module is "<name>-<task>". '
+        'Default "amalgam-<first 8 characters of the job id>".',
+    )
+    train: AmalgamationOptions | None = Field(None, description="Optional training knobs.")

@@ -17,17 +17,20 @@ from app.datasets.service import get_dataset
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
 from app.jobs import repository
 from app.jobs.dispatch import enqueue_after_commit
-from app.jobs.schemas import AutoOptions, TransplantCreate
+from app.jobs.schemas import AmalgamationCreate, AutoOptions, TransplantCreate
 from app.models import Job, Module, ModuleVersion
 from app.models.job import FINAL_STATUSES
 from app.modules.schemas import NAME_PATTERN
 from app.modules.service import get_module, resolve_version, version_ref
 from transplant.adapters import AdapterConfig, build_adapter, fit_adapter_config
+from transplant.amalgamate import StudentConfig
+from transplant.amalgamate.student import block_shapes
 from transplant.errors import TransplantError
 from transplant.search import AutoBudget, SearchSpace
 from transplant.search.auto import SPACE_KEYS
 
 TRANSPLANT_TASK = "graft.transplant"
+AMALGAMATE_TASK = "graft.amalgamate"
 MAX_PAGE = 200
 _ADAPTER_KEYS = {"arch", "layers", "hidden", "kernel_size", "skip", "activation", "resize", "extra"}
 
@@ -58,6 +61,15 @@ def _resolve(session: Session, field: str, ref: str | dict, kind: str) -> Module
             f"{field} {module.name!r} is a {module.kind} module, but a {kind} module is needed here."
         )
     return version
+
+
+def _check_dataset_fits(dataset, f: ModuleVersion) -> None:  # noqa: ANN001
+    f_in, ds_in = _shape(f.input_shape)[1:], _shape(dataset.input_shape)[1:]
+    if len(f_in) != len(ds_in) or any(a is not None and a != b for a, b in zip(f_in, ds_in, strict=True)):
+        raise Unprocessable(
+            f"Dataset {dataset.id} holds samples of shape {ds_in}, but the category module "
+            f"{f.module.name}@{f.version} takes inputs of shape {f_in}; upload a matching dataset."
+        )
 
 
 def check_adapter(overrides: dict | None, f_out: tuple, g_in: tuple) -> AdapterConfig:
@@ -167,12 +179,7 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
             f"solves {g_s.module.task!r}; both must be modules of the same task."
         )
     dataset = get_dataset(session, body.dataset)
-    f_in, ds_in = _shape(f.input_shape)[1:], _shape(dataset.input_shape)[1:]
-    if len(f_in) != len(ds_in) or any(a is not None and a != b for a, b in zip(f_in, ds_in, strict=True)):
-        raise Unprocessable(
-            f"Dataset {dataset.id} holds samples of shape {ds_in}, but the category module "
-            f"{f.module.name}@{f.version} takes inputs of shape {f_in}; upload a matching dataset."
-        )
+    _check_dataset_fits(dataset, f)
     if body.method == "supervised" and dataset.y_shape is None:
         raise Unprocessable(
             f"Method 'supervised' needs labels, but dataset {dataset.id} has no `y`; upload one with "
@@ -213,6 +220,113 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
         session, job_id=str(uuid.uuid4()), kind="transplant", request=request, owner_token_id=owner_token_id
     )
     enqueue_after_commit(session, TRANSPLANT_TASK, job.id)
+    return job
+
+
+def _teacher_classes(field: str, head: ModuleVersion, classes: list[str] | None) -> list[str]:
+    """The class names of a teacher head's logits: the request's, else the head version's metrics."""
+    label = f"{head.module.name}@{head.version}"
+    out = _shape(head.output_shape)
+    if len(out) != 2 or not isinstance(out[1], int):
+        raise Unprocessable(
+            f"{field}.task_module {label} outputs shape {out}; a teacher head must output logits "
+            "[batch, classes]."
+        )
+    if classes is None:
+        stored = (head.metrics or {}).get("classes")
+        if not (isinstance(stored, list) and stored and all(isinstance(c, str) for c in stored)):
+            raise Unprocessable(
+                f"{field}: the head {label} records no class names (metrics.classes); list its {out[1]} "
+                f"classes in {field}.classes, in the order of its logits."
+            )
+        classes = stored
+    if len(classes) != out[1]:
+        raise Unprocessable(
+            f"{field}.classes names {len(classes)} classes, but the head {label} outputs {out[1]} logits; "
+            "give one name per logit."
+        )
+    if len(set(classes)) != len(classes):
+        raise Unprocessable(f"{field}.classes repeats a class name; each logit needs its own class.")
+    return list(classes)
+
+
+def _check_student_module(session: Session, name: str, kind: str, field: str, value: str) -> None:
+    """A module the student will be registered into: new, or of `kind` for the same category/task."""
+    try:
+        module = get_module(session, name)
+    except NotFound:
+        return
+    if module.kind != kind or getattr(module, field) != value:
+        raise Conflict(
+            f"Module {name!r} exists and is a {module.kind} module ({field} {getattr(module, field)!r}); "
+            f"the student's {kind} module must be a {kind} module of {field} {value!r}: name another "
+            "result_module."
+        )
+
+
+def create_amalgamation(session: Session, body: AmalgamationCreate, *, owner_token_id: int | None) -> Job:
+    """Validate an amalgamation request, write its job row and queue it to be sent after commit."""
+    dataset = get_dataset(session, body.dataset)
+    ds_in = _shape(dataset.input_shape)[1:]
+    teachers, tasks = [], {}
+    for i, t in enumerate(body.teachers):
+        field = f"teachers[{i}]"
+        f = _resolve(session, f"{field}.category_module", t.category_module, "category")
+        head = _resolve(session, f"{field}.task_module", t.task_module, "task")
+        _check_dataset_fits(dataset, f)
+        f_out = _fixed_tail(f, "output_shape", _shape(f.output_shape))
+        if _shape(head.input_shape)[1:] != list(f_out):
+            raise Unprocessable(
+                f"{field}: the head {head.module.name}@{head.version} takes inputs of shape "
+                f"{_shape(head.input_shape)[1:]}, but the category module {f.module.name}@{f.version} "
+                f"outputs {list(f_out)}; a teacher is a category module and a head trained on its features."
+            )
+        classes = _teacher_classes(field, head, t.classes)
+        tasks[head.module.task or head.module.name] = field
+        teachers.append(
+            {"category_module": version_ref(f), "task_module": version_ref(head), "classes": classes}
+        )
+    if len(tasks) > 1:
+        raise Unprocessable(
+            f"The teachers' heads solve different tasks ({sorted(tasks)}); amalgamate teachers of one task."
+        )
+    task = next(iter(tasks))
+    student = body.student.model_dump()
+    if len(ds_in) != 3 or not all(isinstance(d, int) for d in ds_in):
+        raise Unprocessable(
+            f"Dataset {dataset.id} holds samples of shape {ds_in}; the student is a conv net and needs "
+            "fixed (C, H, W) samples."
+        )
+    try:
+        block_shapes(StudentConfig(input_shape=tuple(ds_in), **student))
+    except (ValueError, TypeError) as exc:
+        raise Unprocessable(f"The student does not fit inputs of shape {ds_in}: {exc}.") from None
+    job_id = str(uuid.uuid4())
+    category = body.result_module or f"amalgam-{job_id[:8]}"
+    if not re.match(NAME_PATTERN, category):
+        raise Unprocessable(
+            f"result_module {category!r} is not a valid module name; use lowercase letters, digits, '.', "
+            "'_' or '-'."
+        )
+    task_module = re.sub(r"[^a-z0-9._-]+", "-", f"{category}-{task}".lower()).strip("-._")[:128]
+    _check_student_module(session, category, "category", "category", category)
+    _check_student_module(session, task_module, "task", "task", task)
+    request = {
+        "teachers": teachers,
+        "dataset": dataset.id,
+        "task": task,
+        "category": category,
+        "category_module": category,
+        "task_module": task_module,
+        "student": student,
+        "epochs": body.epochs,
+        "seed": body.seed,
+        "train": body.train.model_dump(exclude_none=True) if body.train else {},
+    }
+    job = repository.create(
+        session, job_id=job_id, kind="amalgamation", request=request, owner_token_id=owner_token_id
+    )
+    enqueue_after_commit(session, AMALGAMATE_TASK, job.id)
     return job
 
 
