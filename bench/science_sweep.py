@@ -155,35 +155,56 @@ def _grid(s: dict) -> dict:
     return {m: confs[: s["grid_limit"]] if s["grid_limit"] else confs for m, confs in GRID.items()}
 
 
+def _sweep_one(world, method: str, conf: dict, s: dict) -> dict:
+    """Validation scores of one configuration: {"conf", "val": {cell: [metric per seed]}, "agree": {...}}."""
+    rec: dict = {"conf": conf, "val": {}, "agree": {}}
+    for cat in world.new_categories:
+        d = world.data[cat]
+        val_idx, pool_idx = _splits(d, s["n_val"])
+        val = d.train.take(val_idx)
+        for task in world.tasks:
+            cell = f"{world.name} / {cat} / {task}"
+            for seed in s["sweep_seeds"]:
+                if method == "supervised":  # selected with the most labels of the study
+                    gen = torch.Generator().manual_seed(seed)
+                    pick = pool_idx[torch.randperm(len(pool_idx), generator=gen)]
+                    samples, labelled, with_val = d.train.take(pick[: s["labels"][-1]]), True, False
+                else:
+                    samples, labelled, with_val = d.unlabelled, False, True
+                h = _train(world, cat, task, method, conf, s, seed, samples, labelled, with_val)
+                m, a = _evaluate(world, cat, task, h, val)
+                rec["val"].setdefault(cell, []).append(m)
+                rec["agree"].setdefault(cell, []).append(a)
+    return rec
+
+
+def combine_winners(method: str, recs: dict) -> dict:
+    """Stage 2: each knob set to its best value among the one-knob-from-BASE configurations run so far."""
+    combo = dict(BASE)
+    for knob in RELEVANT[method]:
+        cands = [
+            r for r in recs.values() if all(r["conf"][k] == BASE[k] for k in RELEVANT[method] if k != knob)
+        ]
+        if cands:
+            combo[knob] = max(cands, key=lambda r: _mean_all(r["val"]))["conf"][knob]
+    return combo
+
+
 def sweep(world, s: dict, log) -> dict:
-    """{method: {config name: {"conf", "val": {cell: [metric per seed]}, "agree": {...}}}} on validation."""
+    """{method: {config name: record}} on validation: the grid, then the combination of per-knob winners."""
     out: dict = {}
     for method, confs in _grid(s).items():
-        for conf in confs:
-            rec = out.setdefault(method, {}).setdefault(
-                name(method, conf), {"conf": conf, "val": {}, "agree": {}}
-            )
-            for cat in world.new_categories:
-                d = world.data[cat]
-                val_idx, pool_idx = _splits(d, s["n_val"])
-                val = d.train.take(val_idx)
-                for task in world.tasks:
-                    cell = f"{world.name} / {cat} / {task}"
-                    for seed in s["sweep_seeds"]:
-                        if method == "supervised":  # selected with the most labels of the study
-                            pick = pool_idx[
-                                torch.randperm(len(pool_idx), generator=torch.Generator().manual_seed(seed))
-                            ]
-                            samples, labelled, with_val = d.train.take(pick[: s["labels"][-1]]), True, False
-                        else:
-                            samples, labelled, with_val = d.unlabelled, False, True
-                        h = _train(world, cat, task, method, conf, s, seed, samples, labelled, with_val)
-                        m, a = _evaluate(world, cat, task, h, val)
-                        rec["val"].setdefault(cell, []).append(m)
-                        rec["agree"].setdefault(cell, []).append(a)
-            log(
-                f"  sweep {world.name} {SHORT[method]} [{name(method, conf)}]: val {_mean_all(rec['val']):.4f}"
-            )
+        recs = out.setdefault(method, {})
+        stage2 = [] if method == "supervised" else [None]  # None = computed after stage 1
+        for i, conf in enumerate([*confs, *stage2]):
+            conf = conf or combine_winners(method, recs)
+            key = name(method, conf)
+            if key in recs:  # distillation's product grid already holds its combination
+                log(f"  sweep {world.name} {SHORT[method]} stage 2 [{key}]: already in the grid")
+                continue
+            recs[key] = _sweep_one(world, method, conf, s)
+            recs[key]["stage"] = 1 if i < len(confs) else 2
+            log(f"  sweep {world.name} {SHORT[method]} [{key}]: val {_mean_all(recs[key]['val']):.4f}")
     return out
 
 
@@ -281,10 +302,12 @@ def write_report(dump: dict, out: Path) -> str:
         for method, recs in w["sweep"].items():
             for cname, rec in recs.items():
                 mark = "**" if cname == w["chosen"][method] else ""
+                cname = cname + (" (stage 2)" if rec.get("stage") == 2 else "")
                 vals = " | ".join(f"{statistics.mean(rec['val'][c]):.3f}" for c in cells)
+                mean, agree = _mean_all(rec["val"]), _mean_all(rec["agree"])
                 lines.append(
-                    f"| {SHORT[method]} | {mark}{cname}{mark} | {vals} | {mark}{_mean_all(rec['val']):.4f}{mark} "
-                    f"| {_mean_all(rec['agree']):.4f} |"
+                    f"| {SHORT[method]} | {mark}{cname}{mark} | {vals} "
+                    f"| {mark}{mean:.4f}{mark} | {agree:.4f} |"
                 )
         lines += ["", "Chosen: " + "; ".join(f"{SHORT[m]} = `{c}`" for m, c in w["chosen"].items()), ""]
         lines += ["### Test split (chosen settings)", ""]
