@@ -92,9 +92,3 @@ def test_missing_dataset_object_fails_the_job(embedded_api, world: World) -> Non
     assert job["status"] == "failed"
     assert job["error"].startswith(f"Dataset {ds['id']} could not be read from the artifact store")
     assert api.get("/v1/modules/gone-adapter").status_code == 404
-
-
-def test_auto_adapter_fails_clearly_until_search_exists(embedded_api, world: World) -> None:
-    api = embedded_api
-    job = wait_for(api, transplant(api, world, adapter="auto", result_module="auto-adapter", **FAST), final)
-    assert job["status"] == "failed" and 'adapter "auto"' in job["error"]

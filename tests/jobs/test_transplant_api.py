@@ -7,7 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from tests.jobs.world import FEAT_SHAPE, World, final, transplant, upload_dataset, upload_module, wait_for
+from tests.jobs.world import (
+    FEAT_SHAPE,
+    World,
+    final,
+    nan_head,
+    transplant,
+    upload_dataset,
+    upload_module,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,8 +98,11 @@ def test_supervised_with_labels_records_the_resolved_request(api, embedded_world
 
 
 def test_list_filter_and_paginate(api, embedded_world) -> None:
+    # Jobs into a task module whose output is NaN fail reliably ("training diverged").
+    upload_module(api, "val-page-nan", "task", nan_head(), FEAT_SHAPE, task="cls")
     ids = [
-        transplant(api, embedded_world, adapter="auto", result_module=f"val-page-{i}", epochs=1)
+        transplant(api, embedded_world, student_task_module="val-page-nan", result_module=f"val-page-{i}",
+                   epochs=1)
         for i in range(3)
     ]
     for job_id in ids:
