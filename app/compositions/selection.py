@@ -4,9 +4,6 @@ Order of preference among candidate versions ("aliases first, then newest"): a v
 points at comes before one without an alias; among equals the newer (higher row id) comes first.
 
 A cell (c, t) is, in this order:
-- **native** when a task module version of task t lists c in its `trained_on` (it is the head of c's
-  own teacher network) and a category module version of category c outputs exactly its input shape:
-  f_c → g_t with no adapter.
 - **transplanted** when an adapter module of (c, t) has a version whose lineage (or, without lineage,
   shapes) links a category module of c to a task module of t: f_c → h_{c,t} → g_t. Lineage parents
   are used first: a category-module parent of category c, a task-module parent of task t whose role
@@ -14,7 +11,15 @@ A cell (c, t) is, in this order:
   category version whose output fits the adapter's input, and the preferred task version whose input
   the adapter's output fits (task modules not trained on c, i.e. generic ones, first).
 - **running** when a transplant job for (c, t) is queued or running (reported by the grid only).
+- **native** when a task module version of task t lists c in its `trained_on` (it is the head of c's
+  own teacher network) and a category module version of category c outputs exactly its input shape:
+  f_c → g_t with no adapter.
 - **missing** otherwise.
+
+Transplanted comes first because the cell served by the shared, generic task module is what the
+registry exists to build: a category usually arrives with its own teacher head (a native pair), and
+the grid must show when the generic network has learnt it (running → transplanted). The native pair
+stays reachable as an explicit composition, and serves the cell until an adapter exists.
 """
 
 from __future__ import annotations
@@ -110,4 +115,4 @@ def pick_transplanted(cands: Candidates, category: str, task: str) -> Pick | Non
 
 def pick_cell(cands: Candidates, category: str, task: str) -> Pick | None:
     """The pieces for (category, task) by the rule above, or None when the cell cannot be served."""
-    return pick_native(cands, category, task) or pick_transplanted(cands, category, task)
+    return pick_transplanted(cands, category, task) or pick_native(cands, category, task)

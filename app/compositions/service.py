@@ -171,7 +171,8 @@ def grid(session: Session) -> Grid:
             cell = GridCell(category=c, task=t, status="missing", composition=compositions.get((c, t)))
             pick = pick_cell(cands, c, t)
             if pick is not None:
-                cell.status = pick.status
+                # A running transplant outranks a native pair (see selection's rule).
+                cell.status = "running" if pick.status == "native" and (c, t) in jobs else pick.status
                 cell.category_module, cell.adapter, cell.task_module = (
                     _ref(pick.category), _ref(pick.adapter), _ref(pick.task)
                 )

@@ -118,6 +118,10 @@ def local_module(api: TestClient, ref: dict, tmp: Path) -> nn.Module:
     return load_module(path, info["format"], info.get("arch"))
 
 
+# bird's own teacher pair; a cell composition now prefers bird's adapter into the generic module.
+NATIVE_BIRD = {"category_module": "bird-f", "adapter": None, "task_module": "bird-classify-teacher"}
+
+
 def local_forward(api: TestClient, composition: dict, x: np.ndarray, tmp: Path) -> np.ndarray:
     """f → h → g computed locally from the downloaded artifacts."""
     pieces = [composition["category_module"], composition["adapter"], composition["task_module"]]

@@ -5,20 +5,28 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.compositions.conftest import make_module, upload
+from tests.compositions.conftest import NATIVE_BIRD, make_module, upload
 from transplant.artifacts import save_module
 
 
-def test_cell_prefers_the_native_teacher_pair(served) -> None:
+def test_cell_prefers_the_transplanted_adapter_over_the_native_teacher_pair(served) -> None:
     resp = served.post("/v1/compositions", json={"category": "bird", "task": "classify"})
     assert resp.status_code == 201, resp.text
     body = resp.json()
     assert body["category_module"] == {"name": "bird-f", "version": 1}
-    assert body["adapter"] is None
-    assert body["task_module"] == {"name": "bird-classify-teacher", "version": 1}
+    assert body["adapter"] == {"name": "bird-classify-h", "version": 1}
+    assert body["task_module"] == {"name": "classify-generic", "version": 1}
     assert body["input_shape"] == [None, 3, 6, 6] and body["output_shape"] == [None, 3]
     assert body["category"] == "bird" and body["task"] == "classify"
     assert served.get(f"/v1/compositions/{body['id']}").json() == body
+
+
+def test_native_teacher_pair_composes_explicitly(served) -> None:
+    resp = served.post("/v1/compositions", json=NATIVE_BIRD)
+    assert resp.status_code in (200, 201), resp.text
+    body = resp.json()
+    assert body["adapter"] is None
+    assert body["task_module"] == {"name": "bird-classify-teacher", "version": 1}
 
 
 def test_cell_without_teacher_uses_the_adapter_and_the_aliased_task_module(served) -> None:

@@ -10,14 +10,14 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.compositions.conftest import local_forward
+from tests.compositions.conftest import NATIVE_BIRD, local_forward
 
 
 @pytest.fixture(scope="module")
 def comps(served) -> dict[str, dict]:
     # native: bird-f (torch_export) → teacher head (torch_export); transplanted: bird-f → h
     # (safetensors) → generic head (TorchScript), which torch.export cannot re-export.
-    native = served.post("/v1/compositions", json={"category": "bird", "task": "classify"}).json()
+    native = served.post("/v1/compositions", json=NATIVE_BIRD).json()
     transplanted = served.post("/v1/compositions", json={
         "category_module": "bird-f@1", "adapter": "bird-classify-h@1", "task_module": "classify-generic@1",
     }).json()

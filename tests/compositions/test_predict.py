@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.compositions.conftest import local_forward, npy
+from tests.compositions.conftest import NATIVE_BIRD, local_forward, npy
 
 EXPLICIT = {
     "category_module": "bird-f@1", "adapter": "bird-classify-h@1", "task_module": "classify-generic@1"
@@ -20,7 +20,7 @@ EXPLICIT = {
 @pytest.fixture(scope="module")
 def compositions(served) -> dict[str, dict]:
     transplanted = served.post("/v1/compositions", json=EXPLICIT)
-    native = served.post("/v1/compositions", json={"category": "bird", "task": "classify"})
+    native = served.post("/v1/compositions", json=NATIVE_BIRD)
     assert transplanted.status_code in (200, 201) and native.status_code in (200, 201)
     assert transplanted.json()["adapter"] is not None and native.json()["adapter"] is None
     return {"transplanted": transplanted.json(), "native": native.json()}
