@@ -1,13 +1,15 @@
 """Load and probe an uploaded artifact in a child process: time-limited, and its memory is not ours.
 
 A torch op cannot be interrupted inside a thread, so the only honest time limit is a process that can
-be killed. Children fork from a forkserver that has already imported torch, so each probe starts in
-milliseconds; the API process never holds the artifact's weights.
+be killed. Children fork from a forkserver that has already imported torch and loaded one tiny
+torch_export program (the first `torch.export.load` of a process pulls in ~2-5 s of lazy imports), so
+each probe starts in milliseconds; the API process never holds the artifact's weights.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import threading
 from pathlib import Path
 
@@ -23,6 +25,31 @@ class ProbeFailed(Exception):
         super().__init__(message)
         self.pickled = pickled
         self.timed_out = timed_out
+
+
+def _warm_up() -> None:
+    """Export, save and load a tiny module once, so children inherit torch.export's imports warm."""
+    import tempfile
+
+    import torch
+
+    from transplant import artifacts
+
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="graft-warm-") as tmp:
+        path = Path(tmp) / "warm.pt2"
+        path.write_bytes(artifacts.save_module(torch.nn.Linear(2, 2), torch.zeros(1, 2), "torch_export"))
+        artifacts.probe_output_shape(artifacts.load_module(path, "torch_export"), [1, 2])
+
+
+def _imported_by_forkserver() -> bool:
+    frame = sys._getframe(1)
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "main" and code.co_filename.endswith("forkserver.py"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _ctx():
@@ -81,3 +108,11 @@ def probe_artifact(
     if status == "ok":
         return value
     raise ProbeFailed(value, pickled=status == "pickled")
+
+
+# Imported as a forkserver preload: warm up there (and only there; the API process never pays for it).
+if _imported_by_forkserver():
+    try:
+        _warm_up()
+    except Exception:  # noqa: BLE001 - a failed warm-up only costs the first probe its speed
+        pass
