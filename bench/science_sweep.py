@@ -311,7 +311,11 @@ def write_report(dump: dict, out: Path) -> str:
                 )
         lines += ["", "Chosen: " + "; ".join(f"{SHORT[m]} = `{c}`" for m, c in w["chosen"].items()), ""]
         lines += ["### Test split (chosen settings)", ""]
-        cols = list(next(iter(w["cells"].values())))
+        have = list(next(iter(w["cells"].values())))
+        order = ["teacher", "no adapter", *[f"sup {n}" for n in s["labels"]]]
+        for n in ("all (default)", "all", *s["few"]):
+            order += [f"{m} {n}" for m in ("dist", "bd")]
+        cols = [c for c in order if c in have]
         lines += ["| cell | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
         for key, cs in w["cells"].items():
             lines.append(f"| {key} | " + " | ".join(_fmt(cs[c]) for c in cols) + " |")
