@@ -6,6 +6,7 @@ Arrays are read with `np.load(..., allow_pickle=False)`, so an object array (a p
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import uuid
 import zipfile
@@ -23,6 +24,8 @@ from app.storage import ArtifactStore, key_for
 
 log = logging.getLogger(__name__)
 ALLOWED_KEYS = {"x", "y"}
+# An .npz whose members inflate to more than this many times its size is refused (zip bomb).
+MAX_INFLATION = 50
 
 
 def get_dataset(session: Session, dataset_id: str) -> Dataset:
@@ -48,12 +51,45 @@ def _numeric(name: str, arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+def _check_members(path: Path) -> None:
+    """Refuse zip bombs, object arrays and arrays larger than their bytes before numpy allocates any."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if sum(i.file_size for i in infos) > MAX_INFLATION * max(path.stat().st_size, 1) + (1 << 20):
+                raise Unprocessable("The .npz inflates to far more than its size (a zip bomb?); refused.")
+            for info in infos:
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                              else np.lib.format.read_array_header_2_0)
+                    shape, _fortran, dtype = header(fh, max_header_size=10000)
+                    data_bytes = info.file_size - fh.tell()
+                if dtype.hasobject:
+                    raise Unprocessable(
+                        f"Array {info.filename!r} is an object array (a pickle), which Graft never loads; "
+                        "save plain numeric arrays."
+                    )
+                if math.prod(shape) * dtype.itemsize > data_bytes:
+                    raise Unprocessable(
+                        f"Array {info.filename!r} declares shape {list(shape)} but holds only "
+                        f"{data_bytes} bytes; save it again."
+                    )
+    except Unprocessable:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, TypeError) as exc:
+        raise Unprocessable(
+            f"The .npz is damaged or not plain numpy arrays ({exc}); save it again."
+        ) from None
+
+
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The validated (x float32, y or None) of an uploaded .npz; Unprocessable with the reason."""
     if not zipfile.is_zipfile(path):
         raise Unprocessable(
             "The dataset file is not an .npz archive; save it with numpy.savez(path, x=..., y=...)."
         )
+    _check_members(path)
     try:
         with np.load(path, allow_pickle=False) as npz:
             keys = set(npz.files)
