@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 
@@ -40,6 +41,10 @@ class ArtifactStore(ABC):
     @abstractmethod
     def list_keys(self, prefix: str = "sha256/") -> Iterator[str]:
         """Every key under `prefix` (the orphan sweeper compares these with the database)."""
+
+    def list_modified(self, prefix: str = "sha256/") -> Iterator[tuple[str, datetime]]:
+        """Every key under `prefix` with its last-modified time (UTC); the sweeper's grace period needs it."""
+        raise NotImplementedError
 
     @abstractmethod
     def ping(self) -> None:

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 from app.storage.base import ArtifactStore
@@ -59,6 +60,14 @@ class LocalArtifactStore(ArtifactStore):
         for p in sorted(base.rglob("*")):
             if p.is_file() and not p.name.startswith(".incoming-"):
                 yield p.relative_to(self.root).as_posix()
+
+    def list_modified(self, prefix: str = "sha256/") -> Iterator[tuple[str, datetime]]:
+        for key in self.list_keys(prefix):
+            try:
+                mtime = (self.root / key).stat().st_mtime
+            except FileNotFoundError:  # deleted since it was listed
+                continue
+            yield key, datetime.fromtimestamp(mtime, UTC)
 
     def ping(self) -> None:
         if not self.root.is_dir():

@@ -8,6 +8,7 @@ Credentials come from boto3's usual chain (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -90,6 +91,13 @@ class S3ArtifactStore(ArtifactStore):
         for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
             for obj in page.get("Contents", ()):
                 yield obj["Key"][strip:]
+
+    def list_modified(self, prefix: str = "sha256/") -> Iterator[tuple[str, datetime]]:
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=self._key(prefix)):
+            for obj in page.get("Contents", ()):
+                yield obj["Key"][strip:], obj["LastModified"]
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)

@@ -1,4 +1,4 @@
-"""Operator commands: `graft serve`, `graft db upgrade`, `graft token create`."""
+"""Operator commands: `graft serve`, `graft db upgrade`, `graft token create`, `graft gc`."""
 
 from __future__ import annotations
 
@@ -64,8 +64,41 @@ def token_create(
     typer.echo(raw)
 
 
+def gc(
+    grace_hours: float = typer.Option(1.0, help="Keep unreferenced objects younger than this (in flight)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the orphans without deleting them."),
+) -> None:
+    """Delete stored objects that no module version or dataset references (crashed uploads)."""
+    from datetime import timedelta
+
+    from app.config import get_settings
+    from app.db import migrate
+    from app.db.session import make_engine, make_sessionmaker
+    from app.storage import open_store
+    from app.storage.sweeper import sweep_orphans
+
+    settings = get_settings()
+    engine = make_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    try:
+        with make_sessionmaker(engine)() as session:
+            report = sweep_orphans(
+                session, open_store(settings), grace=timedelta(hours=grace_hours), dry_run=dry_run
+            )
+    finally:
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    for key in report.deleted:
+        typer.echo(f"{verb} {key}")
+    typer.echo(
+        f"scanned {report.scanned} objects: {report.referenced} referenced, {report.too_young} younger "
+        f"than the grace period, {len(report.deleted)} orphans {verb}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add this group's commands to `app`."""
     app.command("serve")(serve)
     app.add_typer(db_app, name="db")
     app.add_typer(token_app, name="token")
+    app.command("gc")(gc)
