@@ -70,8 +70,28 @@ def _validation_detail(exc: RequestValidationError) -> str:
     return "Invalid request: " + "; ".join(parts) + "."
 
 
+def _document_string_detail(app: FastAPI) -> None:
+    """Make /openapi.json say what 422s really carry: `{"detail": "<sentence>"}`, not FastAPI's list."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        components = schema.get("components", {}).get("schemas", {})
+        if "HTTPValidationError" in components:
+            components["HTTPValidationError"] = {
+                "title": "HTTPValidationError", "type": "object", "required": ["detail"],
+                "properties": {"detail": {"title": "Detail", "type": "string"}},
+            }
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Render GraftErrors, validation errors and backend outages as `{"detail": ...}` bodies."""
+    _document_string_detail(app)
 
     @app.exception_handler(GraftError)
     async def _graft_error(_request: Request, exc: GraftError) -> JSONResponse:

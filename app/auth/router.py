@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.auth import repository, service
 from app.deps import AdminAuth, SessionDep
@@ -32,6 +32,12 @@ class TokenRead(BaseModel):
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+
+    @field_validator("created_at", "expires_at", "revoked_at")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # SQLite hands back naive datetimes; they are UTC, and the schema's date-time wants an offset.
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
 
 
 class TokenCreated(TokenRead):
