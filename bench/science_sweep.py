@@ -27,6 +27,7 @@ from transplant.metrics import agreement, task_metric
 from transplant.world import build_world
 
 RESULTS = Path(__file__).parent / "results"
+COMMENTARY = "<!-- commentary (kept on rewrite) -->"
 VAL_SEED = 4242  # fixes which labelled-pool samples form the validation split (same for every run)
 
 # One configuration = the knobs that may differ from bench/science.py's defaults.
@@ -322,7 +323,10 @@ def write_report(dump: dict, out: Path) -> str:
         lines += [""]
     lines += ["## Settings", "", "```", json.dumps(s, indent=2), "```", ""]
     lines += [f"Wall time: {sum(w['wall_s'] for w in dump['worlds'].values()):.0f} s, 1 CPU thread.", ""]
-    out.write_text("\n".join(lines) + "\n")
+    # Hand-written commentary after the marker survives a rewrite (e.g. --assemble).
+    kept = out.read_text().split(COMMENTARY, 1) if out.exists() else []
+    tail = COMMENTARY + kept[1] if len(kept) == 2 else ""
+    out.write_text("\n".join(lines) + "\n" + tail)
     return head
 
 
