@@ -139,56 +139,6 @@ def _check_payload_config(raw: bytes, kind: str) -> None:
                                   "only tensor constants are accepted")
 
 
-# What a torch.save of plain tensors (an export archive's sample inputs) may name in its pickle.
-_TENSOR_PICKLE_GLOBALS = {
-    ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-    ("collections", "OrderedDict"), ("torch", "Size"), ("torch", "device"),
-}
-_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING", "BINSTRING"}
-
-
-def _pickle_globals(data: bytes) -> set[tuple[str, str]]:
-    """The (module, name) pairs a pickle would import, read with pickletools (nothing is executed)."""
-    import pickletools
-
-    found: set[tuple[str, str]] = set()
-    strings: list[str] = []
-    try:
-        for op, arg, _pos in pickletools.genops(data):
-            if op.name == "GLOBAL" or op.name == "INST":
-                module, _, name = str(arg).partition(" ")
-                found.add((module, name))
-            elif op.name == "STACK_GLOBAL":
-                found.add((strings[-2], strings[-1]) if len(strings) >= 2 else ("?", "?"))
-            elif op.name in _STRING_OPS:
-                strings.append(str(arg))
-    except Exception:  # noqa: BLE001 - a pickle pickletools cannot even walk is refused below
-        found.add(("?", "unreadable pickle"))
-    return found
-
-
-def _check_sample_inputs(raw: bytes, member: str) -> None:
-    """Refuse sample inputs whose pickle names anything but tensors (they are blanked, never loaded)."""
-    pickles: list[bytes] = []
-    if raw:
-        try:
-            with zipfile.ZipFile(io.BytesIO(raw)) as inner:
-                pickles = [inner.read(i) for i in inner.infolist() if i.filename.endswith(".pkl")]
-        except (zipfile.BadZipFile, OSError, ValueError):
-            pickles = [raw]
-    for data in pickles:
-        bad = {
-            g for g in _pickle_globals(data)
-            if g not in _TENSOR_PICKLE_GLOBALS and not (g[0] == "torch" and g[1].endswith("Storage"))
-        }
-        if bad:
-            names = sorted(f"{m}.{n}" for m, n in bad)[:3]
-            raise PickledArtifact(
-                f"the torch_export archive's {member} pickles objects other than tensors ({names}); "
-                "re-export the module with torch.export.save and plain tensor inputs"
-            )
-
-
 def _sanitised_export_copy(path: Path, dest: Path) -> None:
     """Copy a torch_export archive to `dest` after checking it, with its pickled sample inputs blanked."""
     prefix, members = _zip_names(path) or ("", [])
@@ -206,7 +156,6 @@ def _sanitised_export_copy(path: Path, dest: Path) -> None:
             elif rel.endswith("_constants_config.json"):
                 _check_payload_config(src.read(info), "constant")
             if rel.startswith("data/sample_inputs/"):
-                _check_sample_inputs(src.read(info), rel)
                 out.writestr(info.filename, b"")
                 continue
             with src.open(info) as fin, out.open(info.filename, "w", force_zip64=True) as fout:
