@@ -31,11 +31,6 @@ def test_fuzz_finds_no_server_errors(fuzzed: FuzzResult) -> None:
     assert {200, 201, 404, 422} <= set(fuzzed.status), fuzzed.status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ModuleRead/ModuleDetail.created_at (app/modules/schemas.py) are naive datetimes from the "
-    "DB, not RFC 3339 date-times with an offset; fix: a UTC-aware DateTime type in app/db/base.py",
-)
 def test_fuzz_finds_no_schema_violations(fuzzed: FuzzResult) -> None:
     assert fuzzed.failures == []
 
