@@ -131,8 +131,9 @@ def test_transplant_waited_to_completion_then_composed_and_called(client: Client
     comp = client.compose(category_module=pushed["category_module"], adapter=adapter, task_module=student)
     assert comp["adapter"] == {"name": adapter["name"], "version": adapter["version"]}
     assert client.predict(comp["id"], x[:5].numpy()).shape == (5, 3)
-    # The cell itself is served by the teacher's own pair, which always wins over a transplant.
-    assert client.compose(category, "cls")["adapter"] is None
+    # The cell itself is now served through the transplanted adapter (it outranks the teacher's pair).
+    cell = client.compose(category, "cls")
+    assert cell["adapter"] == {"name": adapter["name"], "version": adapter["version"]}
 
 
 def test_a_cancelled_job_raises_job_failed_when_checked(client: Client) -> None:
