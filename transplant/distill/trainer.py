@@ -159,7 +159,7 @@ class Trainer:
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
-                        f"loss became {float(loss)} at epoch {epoch}, step {self.steps_done + 1}; "
+                        f"loss became {float(loss.detach())} at epoch {epoch}, step {self.steps_done + 1}; "
                         "lower the learning rate or lambda_jac"
                     )
                 opt.zero_grad(set_to_none=True)
