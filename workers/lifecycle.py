@@ -8,7 +8,9 @@ cancelled one never starts, a redelivery after a lost worker starts over (bounde
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +21,7 @@ from sqlalchemy.orm import Session
 from app.errors import GraftError
 from app.jobs import repository
 from app.jobs.context import JobContext
+from app.logging import job_context
 from app.models import Job
 from app.models.job import FINAL_STATUSES
 from transplant.errors import Cancelled, TrainingDiverged
@@ -195,3 +198,21 @@ def run_job(job_id: str, ctx: JobContext, work: Work, *, redelivered: bool = Fal
         _end(ctx, job_id, "failed", error=_error_message(exc)[:4000],
              progress={**run.progress, "stage": "failed"}, history=run.history)
         return "failed"
+
+
+def execute(job_id: str, ctx: JobContext, work: Work, *, redelivered: bool = False) -> str | None:
+    """Run one delivery of job `job_id` through `work`, with the job id in every log line."""
+    with job_context(job_id):
+        return run_job(job_id, ctx, work, redelivered=redelivered)
+
+
+def deliver_from_celery(request: Any, job_id: str, work: Work) -> str | None:
+    """Celery entry point shared by every task: `execute` with this worker process's own backends."""
+    from workers.context import get_context
+
+    # A redelivered message (its worker was lost) or a retry may take over a job left `running`.
+    redelivered = bool((request.delivery_info or {}).get("redelivered")) or request.retries > 0
+    ctx = get_context()
+    if request.hostname:  # the Celery node name (e.g. gpu1@host) says more than host:pid
+        ctx = dataclasses.replace(ctx, worker=f"{request.hostname}:{os.getpid()}")
+    return execute(job_id, ctx, work, redelivered=redelivered)

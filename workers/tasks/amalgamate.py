@@ -8,8 +8,6 @@ Thin and idempotent like `graft.transplant`: the job row decides whether anythin
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import tempfile
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from sqlalchemy.orm import Session
 from app.datasets.service import get_dataset, load_arrays
 from app.errors import NotFound
 from app.jobs.context import JobContext
-from app.logging import job_context
 from app.models import Module
 from app.modules.service import (
     add_version,
@@ -34,7 +31,8 @@ from app.modules.service import (
 )
 from transplant.amalgamate import AmalgamationConfig, StudentConfig, Teacher, amalgamate
 from transplant.artifacts import save_module
-from workers.lifecycle import JobFailed, JobRun, Register, run_job
+from workers import lifecycle
+from workers.lifecycle import JobFailed, JobRun, Register
 from workers.tasks.transplant import fetch_module
 
 
@@ -161,18 +159,11 @@ def _module(session: Session, name: str, kind: str, **fields: str) -> Module:
 
 def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:
     """Run one delivery of amalgamation job `job_id`; its final status (None when not run here)."""
-    with job_context(job_id):
-        return run_job(job_id, ctx, _work, redelivered=redelivered)
+    return lifecycle.execute(job_id, ctx, _work, redelivered=redelivered)
 
 
 @shared_task(name="graft.amalgamate", bind=True, autoretry_for=(OperationalError,), retry_backoff=5,
              max_retries=5)
 def amalgamate_task(self, job_id: str) -> str | None:  # noqa: ANN001
     """Celery entry point: `execute` with this worker process's own backends."""
-    from workers.context import get_context
-
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
-    ctx = get_context()
-    if self.request.hostname:
-        ctx = dataclasses.replace(ctx, worker=f"{self.request.hostname}:{os.getpid()}")
-    return execute(job_id, ctx, redelivered=redelivered)
+    return lifecycle.deliver_from_celery(self.request, job_id, _work)

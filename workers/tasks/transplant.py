@@ -7,9 +7,7 @@ makes two adapter versions.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import tempfile
 from pathlib import Path
 
@@ -21,7 +19,6 @@ from sqlalchemy.orm import Session
 from app.datasets.service import get_dataset, load_arrays
 from app.errors import NotFound
 from app.jobs.context import JobContext
-from app.logging import job_context
 from app.models import ModuleVersion
 from app.modules import repository as modules_repository
 from app.modules.service import (
@@ -37,7 +34,8 @@ from transplant import TrainConfig, run_transplant
 from transplant.adapters import fit_adapter_config, save_adapter
 from transplant.artifacts import ArtifactError, load_module
 from transplant.search import run_auto_transplant
-from workers.lifecycle import JobFailed, JobRun, Register, run_job
+from workers import lifecycle
+from workers.lifecycle import JobFailed, JobRun, Register
 
 log = logging.getLogger(__name__)
 
@@ -233,19 +231,11 @@ def _adapter_module(session: Session, req: dict):  # noqa: ANN202
 
 def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:
     """Run one delivery of transplant job `job_id`; its final status (None when not run here)."""
-    with job_context(job_id):
-        return run_job(job_id, ctx, _work, redelivered=redelivered)
+    return lifecycle.execute(job_id, ctx, _work, redelivered=redelivered)
 
 
 @shared_task(name="graft.transplant", bind=True, autoretry_for=(OperationalError,), retry_backoff=5,
              max_retries=5)
 def transplant(self, job_id: str) -> str | None:  # noqa: ANN001
     """Celery entry point: `execute` with this worker process's own backends."""
-    from workers.context import get_context
-
-    # A redelivered message (its worker was lost) or a retry may take over a job left `running`.
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered")) or self.request.retries > 0
-    ctx = get_context()
-    if self.request.hostname:  # the Celery node name (e.g. gpu1@host) says more than host:pid
-        ctx = dataclasses.replace(ctx, worker=f"{self.request.hostname}:{os.getpid()}")
-    return execute(job_id, ctx, redelivered=redelivered)
+    return lifecycle.deliver_from_celery(self.request, job_id, _work)
