@@ -99,6 +99,16 @@ def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainCo
     return obj
 
 
+def check_inputs(method: str, x: torch.Tensor, y: torch.Tensor | None) -> None:
+    """Refuse an unknown method, a supervised run without labels, or labels that do not match x."""
+    if method not in METHODS:
+        raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")
+    if method == "supervised" and y is None:
+        raise ValueError("method 'supervised' needs labels y")
+    if y is not None and y.shape[0] != x.shape[0]:
+        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+
+
 def run_transplant(
     f: Module,
     g_teacher: Module,
@@ -113,12 +123,7 @@ def run_transplant(
     should_stop: Callable[[], bool] | None = None,
 ) -> TransplantResult:
     """Learn h so that g_student(h(f(x))) does what g_teacher(f(x)) does; f and both g stay untouched."""
-    if method not in METHODS:
-        raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")
-    if method == "supervised" and y is None:
-        raise ValueError("method 'supervised' needs labels y")
-    if y is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    check_inputs(method, x, y)
     cfg = train or TrainConfig()
     device = cfg.resolved_device()
     t0 = time.perf_counter()

@@ -26,9 +26,9 @@ from transplant.adapters import adapter_spec, config_from_spec
 from transplant.blackbox import batched_apply, frozen
 from transplant.distill.losses import back_distillation_loss
 from transplant.distill.trainer import TrainConfig, Trainer
-from transplant.errors import Cancelled, UnknownMethod
+from transplant.errors import Cancelled
 from transplant.metrics import agreement, task_metric
-from transplant.run import METHODS, TransplantResult, _objective, _split
+from transplant.run import TransplantResult, _objective, _split, check_inputs
 from transplant.search.space import Candidate, SearchSpace
 from transplant.search.supernet import SuperNet
 
@@ -218,12 +218,7 @@ def run_auto_transplant(
     should_stop: Callable[[], bool] | None = None,
 ) -> TransplantResult:
     """Search the adapter's architecture (one-shot super-net) and start (warm starts), then fine-tune."""
-    if method not in METHODS:
-        raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")
-    if method == "supervised" and y is None:
-        raise ValueError("method 'supervised' needs labels y")
-    if y is not None and y.shape[0] != x.shape[0]:
-        raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
+    check_inputs(method, x, y)
     cfg, plan = train or TrainConfig(), AutoBudget.from_dict(budget)
     device = cfg.resolved_device()
     t0 = time.perf_counter()
