@@ -164,3 +164,21 @@ def test_budget_is_validated():
     f, g_t, g_s = tiny_nets()
     with pytest.raises(ValueError):
         run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget={"stepz": 3})
+
+
+def test_sampling_is_fair_over_children():
+    # Uniform sampling trains every child equally often; depth-first sampling (the old default)
+    # gave the two single-layer children a third of all steps.
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
+    cands = space.candidates()
+    gen = torch.Generator().manual_seed(0)
+    n = 200 * len(cands)
+    counts = {c: 0 for c in cands}
+    for _ in range(n):
+        counts[space.sample(gen)] += 1
+    assert set(counts) == set(cands) and min(counts.values()) > 0.7 * n / len(cands)
+    depth_first = [space.sample(gen, "depth") for _ in range(600)]
+    assert sum(c.layers == 1 for c in depth_first) > 150
+    assert space.largest() == Candidate(3, 8, 3, True)
+    with pytest.raises(ValueError):
+        space.sample(gen, "nope")

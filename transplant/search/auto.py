@@ -1,8 +1,9 @@
 """run_auto_transplant: choose an adapter's architecture and initial weights, then fine-tune it.
 
 Stages (reported to the callbacks with a "stage" key):
-  supernet  train the one-shot super-network once, one random child per step (random connection
-            dropping, Sun, Dou & Yan, ECCV 2020), with the method's loss;
+  supernet  train the one-shot super-network once (random connection dropping, Sun, Dou & Yan,
+            ECCV 2020) with the method's loss; budget.sampling picks each step's child(ren):
+            depth first (default), uniform over the children, or the sandwich rule;
   search    score children by held-out back-distillation loss with their inherited weights
             (exhaustive when the space is small, else evolutionary), and score the warm starts
             (registered adapters into the same task module) the same way;
@@ -34,6 +35,7 @@ from transplant.search.supernet import SuperNet
 
 Module = Callable[[torch.Tensor], torch.Tensor]
 SPACE_KEYS = ("depths", "widths", "kernels", "skips")
+SAMPLINGS = ("uniform", "sandwich", "depth")
 
 
 @dataclasses.dataclass
@@ -50,6 +52,11 @@ class AutoBudget:
     widths: tuple = (16, 32, 64)
     kernels: tuple = (1, 3)
     skips: tuple = (False, True)
+    sampling: str = "depth"
+    """Super-net children per step: "depth" (depth first, then the rest; favours the single-layer
+    children), "uniform" (one child, uniform over the children) or "sandwich" (the largest child plus
+    a uniform one, losses summed, one optimiser step; Yu et al., BigNAS). The fair modes did not beat
+    "depth" on the benchmark and "sandwich" costs > 2x a fixed run; see bench/results/search.md."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 
@@ -67,6 +74,8 @@ class AutoBudget:
         b = cls(**budget)
         if not 0.0 < b.supernet_fraction < 1.0 or b.max_candidates < 1:
             raise ValueError("supernet_fraction must be in (0, 1) and max_candidates ≥ 1")
+        if b.sampling not in SAMPLINGS:
+            raise ValueError(f"unknown sampling {b.sampling!r}; use one of {SAMPLINGS}")
         return b
 
 
@@ -238,7 +247,7 @@ def run_auto_transplant(
         n_super = max(1, int(round(total * plan.supernet_fraction)))
         n_fine = max(1, total - n_super)
 
-        # Stage 1: the super-network, one random child per step.
+        # Stage 1: the super-network (budget.sampling picks the children of each step).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             supernet = SuperNet(space).to(device)
@@ -247,8 +256,15 @@ def run_auto_transplant(
         inner = _objective(method, supernet, g_student, g_teacher, cfg, gen)
 
         def super_obj(batch: Sequence[torch.Tensor]) -> dict:
-            supernet.active = space.sample(child_gen)
-            return inner(batch)
+            if plan.sampling != "sandwich":
+                supernet.active = space.sample(child_gen, plan.sampling)
+                return inner(batch)
+            # Sandwich rule: the largest child and a uniform one share one optimiser step.
+            outs = []
+            for c in (space.largest(), space.sample(child_gen)):
+                supernet.active = c
+                outs.append(inner(batch))
+            return {k: sum(o[k] for o in outs) for k in outs[0] if all(k in o for o in outs)}
 
         staged = _Staged(callbacks, "supernet", 0, total)
         sup = _train(supernet, super_obj, cfg, n_super, train_data, None, [staged], should_stop)

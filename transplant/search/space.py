@@ -99,17 +99,39 @@ class SearchSpace:
             return False
         return True
 
-    def sample(self, gen: torch.Generator) -> Candidate:
-        """A random child: depth first (so each depth trains equally often), then the other choices."""
+    def sample(self, gen: torch.Generator, mode: str = "uniform") -> Candidate:
+        """A random child for one super-net step.
+
+        "uniform" (default): uniform over candidates(), so every child is trained equally often
+        (Guo et al.'s uniform single-path sampling). "depth": depth first, then the other choices —
+        each depth equally often, which gave the 2 single-layer children (their own layer) a third
+        of all steps and biased the inherited-weight ranking towards them (bench/results/search.md).
+        """
 
         def pick(options: tuple):
             return options[int(torch.randint(len(options), (1,), generator=gen))]
 
+        if mode == "uniform":
+            return pick(self._candidates())
+        if mode != "depth":
+            raise ValueError(f"unknown sampling {mode!r}; use 'uniform' or 'depth'")
         for _ in range(100):
             c = self.canonical(pick(self.depths), pick(self.widths), pick(self.kernels), pick(self.skips))
             if self._fits(c):
                 return c
         return self.candidates()[0]
+
+    def largest(self) -> Candidate:
+        """The biggest child: deepest, then widest, largest kernel, with skip (the whole chain)."""
+        return max(self._candidates())
+
+    def _candidates(self) -> tuple[Candidate, ...]:
+        key = (self.depths, self.widths, self.kernels, self.skips, self.in_shape, self.out_shape)
+        cache = getattr(self, "_cand_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, tuple(self.candidates()))
+            self._cand_cache = cache
+        return cache[1]
 
     def mutate(self, c: Candidate, gen: torch.Generator) -> Candidate:
         """A neighbour of c: one of depth / width / kernel / skip changed at random."""
