@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.orm import Session
 
+from app.auth.service import Principal
 from app.config import Settings
 from app.deps import ReadAuth, SessionDep, SettingsDep, StoreDep, WriteAuth
 from app.errors import BackendUnavailable, Unprocessable
@@ -91,9 +92,11 @@ def get_module(name: str, session: SessionDep, _: ReadAuth) -> ModuleDetail:
 
 
 def _register_upload(
-    session: Session, store: ArtifactStore, settings: Settings, name: str, fields: dict, path, sha256: str
+    session: Session, store: ArtifactStore, settings: Settings, principal: Principal, name: str,
+    fields: dict, path, sha256: str,
 ) -> tuple[VersionRead, bool]:
     module = service.get_module(session, name)
+    service.check_can_write(module, principal)
     raw_meta = fields.get("meta")
     if raw_meta is None:
         raise Unprocessable(
@@ -127,7 +130,8 @@ def _register_upload(
     responses={200: {"description": "Identical bytes were already uploaded: the existing version."}},
 )
 async def upload_version(
-    name: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep, _: WriteAuth
+    name: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep,
+    principal: WriteAuth,
 ) -> Response:
     """Upload a new immutable version: the body streams to disk, then loads and probes off the event loop."""
     # async only to read the body as a stream; every blocking step runs in the thread pool.
@@ -136,7 +140,8 @@ async def upload_version(
     )
     try:
         read, created = await run_in_threadpool(
-            _register_upload, session, store, settings, name, upload.fields, upload.path, upload.sha256
+            _register_upload, session, store, settings, principal, name, upload.fields, upload.path,
+            upload.sha256,
         )
     finally:
         upload.discard()
@@ -203,9 +208,10 @@ _EXT = {"torch_export": "pt2", "torchscript": "pt", "safetensors": "safetensors"
 
 
 @router.put("/{name}/aliases/{alias}", response_model=AliasRead)
-def set_alias(name: str, alias: str, body: AliasSet, session: SessionDep, _: WriteAuth) -> AliasRead:
+def set_alias(name: str, alias: str, body: AliasSet, session: SessionDep, principal: WriteAuth) -> AliasRead:
     """Move (or create) an alias to point at a version."""
     module = service.get_module(session, name)
+    service.check_can_write(module, principal)
     version = service.set_alias(session, module=module, alias=alias, number=body.version)
     session.commit()
     return AliasRead(name=module.name, alias=alias, version=version.version)

@@ -18,8 +18,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
+from app.auth.service import Principal
 from app.config import Settings
-from app.errors import BackendUnavailable, Conflict, NotFound, Unprocessable, UnsupportedFormat
+from app.errors import BackendUnavailable, Conflict, Forbidden, NotFound, Unprocessable, UnsupportedFormat
 from app.models import Module, ModuleVersion
 from app.modules import repository
 from app.modules.probe import ProbeFailed, probe_artifact
@@ -41,6 +42,15 @@ def savepoint(session: Session) -> AbstractContextManager:
     if session.get_bind().dialect.name == "sqlite":
         return nullcontext()
     return session.begin_nested()
+
+
+def check_can_write(module: Module, principal: Principal) -> None:
+    """Only the token that created a module (or an admin) may add versions or move its aliases."""
+    if module.owner_token_id is None or principal.is_admin or principal.token_id == module.owner_token_id:
+        return
+    raise Forbidden(
+        f"Module {module.name!r} belongs to another token; push with that token, or ask an admin."
+    )
 
 
 def get_module(session: Session, name: str) -> Module:
