@@ -128,7 +128,8 @@ def check_auto(adapter: str | dict, f_out: tuple, g_in: tuple) -> dict:
     except ValidationError as exc:
         raise Unprocessable(
             f"Invalid adapter.auto ({_readable(exc, 'adapter.auto')}); the budget keys are "
-            "steps, supernet_fraction, max_candidates, depths, widths, kernels and skips."
+            "steps, supernet_fraction, max_candidates, depths, widths, kernels, skips, sampling, "
+            "finalists and trial_fraction."
         ) from None
     budget = parsed.budget.model_dump(exclude_none=True)
     try:

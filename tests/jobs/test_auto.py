@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
-import pytest
+import copy
+import json
 
-from tests.jobs.world import World, check_adapter_reproduces_teacher, final, transplant, wait_for
+import pytest
+import torch
+
+from tests.jobs.world import (
+    X_SHAPE,
+    World,
+    check_adapter_reproduces_teacher,
+    exported,
+    final,
+    make_world,
+    transplant,
+    wait_for,
+)
+from workers.tasks import transplant as transplant_task
 
 TRAIN = {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}
 # A tiny space (2 children) and few steps: the test checks the wiring, bench/search.py the science.
@@ -23,12 +37,13 @@ def test_auto_searches_registers_and_warm_starts(embedded_api, embedded_world: W
     assert first["status"] == "succeeded", first["error"]
     assert first["request"]["adapter"] == {"auto": {"budget": BUDGET}}
     assert first["result"]["adapter"] == {"name": "auto-a", "version": 1}
-    assert {r["phase"] for r in first["history"]} == {"supernet", "finetune"}
+    assert {r["phase"] for r in first["history"]} == {"supernet", "race", "finetune"}
 
     version = check_adapter_reproduces_teacher(api, world, first)
     search = version["metrics"]["search"]
     assert len(search["candidates"]) == 2 and search["space_size"] == 2
-    assert search["supernet_steps"] + search["finetune_steps"] == version["metrics"]["steps"] <= 30
+    steps = search["supernet_steps"] + search["race_steps"] + search["finetune_steps"]
+    assert steps == version["metrics"]["steps"] <= 30 and len(search["race"]) == 2
     assert version["arch"] == search["chosen"]
     assert version["arch"]["config"]["layers"] in (1, 2) and version["arch"]["config"]["hidden"] in (8, 16)
     assert {p["role"] for p in version["parents"]} == {"category", "teacher", "student"}
@@ -47,6 +62,41 @@ def test_auto_searches_registers_and_warm_starts(embedded_api, embedded_world: W
     assert offered["auto-a@1"]["score"] is not None
     assert search_b["warm_start"] == "auto-a@1"
     assert {"name": "auto-a", "version": 1, "role": "warm_start"} in version_b["parents"]
+
+
+def test_new_category_module_version_is_offered_its_predecessors_adapter(
+    embedded_api, embedded_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The registry scenario where reuse pays: f is re-released as version 2 and the adapter learned
+    # for version 1 is in the registry. With room for one warm start, that adapter must be the one
+    # offered, ahead of any newer adapter module of the same task (here a decoy of another category).
+    api, world = embedded_api, make_world(embedded_api, "wsv")
+    old = wait_for(api, transplant(api, world, result_module="wsv-adapter", epochs=2, train=TRAIN), final)
+    assert old["status"] == "succeeded", old["error"]
+    decoy = wait_for(api, transplant(
+        api, embedded_world, result_module="wsv-decoy", epochs=1, train=TRAIN
+    ), final)
+    assert decoy["status"] == "succeeded", decoy["error"]
+    f2 = copy.deepcopy(world.f)
+    with torch.no_grad():
+        for p in f2.parameters():
+            p.mul_(1.05)  # "fine-tuned a little": the same features, slightly moved
+    resp = api.post(
+        "/v1/modules/wsv-f/versions",
+        files={"file": ("model.pt2", exported(f2, X_SHAPE), "application/octet-stream")},
+        data={"meta": json.dumps({"format": "torch_export", "input_shape": [None, *X_SHAPE]})},
+    )
+    assert resp.status_code == 201, resp.text
+    monkeypatch.setattr(transplant_task, "MAX_WARM_STARTS", 1)
+    job = wait_for(api, transplant(
+        api, world, category_module="wsv-f@2", adapter={"auto": {"budget": {**BUDGET, "steps": 2}}},
+        result_module="wsv-adapter", epochs=1, train=TRAIN,
+    ), final)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["result"]["adapter"] == {"name": "wsv-adapter", "version": 2}
+    search = job["result"]["metrics"]["search"]
+    assert [w["name"] for w in search["warm_starts"]] == ["wsv-adapter@1"]
+    assert search["warm_starts"][0]["score"] is not None
 
 
 def test_plain_auto_string_is_normalised(embedded_api, embedded_world: World) -> None:
@@ -73,6 +123,9 @@ CASES = [
     ({"auto": {"speed": "fast"}}, "adapter.auto.speed"),
     ({"auto": {}, "arch": "conv"}, "takes no other keys"),
     ({"auto": "yes"}, "adapter.auto"),
+    ({"auto": {"budget": {"sampling": "greedy"}}}, "adapter.auto.budget.sampling"),
+    ({"auto": {"budget": {"finalists": 0}}}, "adapter.auto.budget.finalists"),
+    ({"auto": {"budget": {"trial_fraction": 1}}}, "adapter.auto.budget.trial_fraction"),
 ]
 
 

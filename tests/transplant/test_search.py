@@ -8,7 +8,7 @@ from torch import nn
 
 from tests.transplant.conftest import tiny_nets
 from transplant import Cancelled, TrainConfig
-from transplant.adapters import build_adapter, load_adapter, save_adapter
+from transplant.adapters import adapter_spec, build_adapter, load_adapter, save_adapter
 from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
 from transplant.search.space import Candidate
 
@@ -85,7 +85,6 @@ def test_warm_start_picks_the_best_registered_adapter():
     space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6))
     poor = _perturbed(build_adapter(space.config(Candidate(2, 6, 3, True))), seed=5)
     other = build_adapter(space.config(Candidate(1, 0, 1, False)))
-    from transplant.adapters import adapter_spec
 
     wrong = build_adapter(SearchSpace.for_shapes((4, 6, 6), (5, 6, 6)).config(Candidate(1, 0, 1, False)))
     warm = [
@@ -116,9 +115,11 @@ def test_run_auto_transplant_saves_and_reports():
         def on_step_end(self, info):
             events.append(info)
 
-    res = run_auto_transplant(f, g_t, g_s, x, y, budget={"steps": 10, **SMALL}, train=FAST, callbacks=[CB()])
+    budget = {"steps": 10, "supernet_fraction": 0.5, "finalists": 1, **SMALL}  # no race: one finalist
+    res = run_auto_transplant(f, g_t, g_s, x, y, budget=budget, train=FAST, callbacks=[CB()])
     s = res.metrics["search"]
     assert s["supernet_steps"] == 5 and s["finetune_steps"] <= 5 and s["warm_start"] is None
+    assert s["race"] == [] and s["race_steps"] == 0
     assert len(s["candidates"]) == 18 and s["chosen"] == res.spec == s["candidates"][0]["spec"]
     assert [c["score"] for c in s["candidates"]] == sorted(c["score"] for c in s["candidates"])
     assert {"teacher_agreement", "val_loss", "task_metric", "steps", "wall_s", "n_train"} <= set(res.metrics)
@@ -155,15 +156,60 @@ def test_cancellation_in_every_stage(limit, last_stage, scored):
 
     with pytest.raises(Cancelled):
         run_auto_transplant(
-            f, g_t, g_s, x, budget={"steps": 8, **SMALL}, train=FAST, should_stop=stop, callbacks=[CB()]
+            f, g_t, g_s, x, budget={"steps": 8, "supernet_fraction": 0.5, **SMALL}, train=FAST,
+            should_stop=stop, callbacks=[CB()],
         )
     assert (events[-1] if events else None) == last_stage and events.count("search") == scored
+
+
+def test_race_trials_the_finalists_within_the_step_budget():
+    f, g_t, g_s = tiny_nets()
+    x = torch.randn(24, 3, 6, 6)
+    events = []
+
+    class CB:
+        def on_step_end(self, info):
+            events.append((info["stage"], info["step"]))
+
+    budget = {"steps": 40, "supernet_fraction": 0.3, "finalists": 3, "trial_fraction": 0.5, **SMALL}
+    res = run_auto_transplant(f, g_t, g_s, x, budget=budget, train=FAST, callbacks=[CB()])
+    s = res.metrics["search"]
+    # 12 super-net steps, then 28 left: 14 for the trials, 4 for each of the 3 finalists.
+    assert s["supernet_steps"] == 12 and s["race_steps"] == 12 and len(s["race"]) == 3
+    assert res.metrics["steps"] == 12 + 12 + s["finetune_steps"] <= 40
+    # The finalists are the three best children by inherited loss; the kept one is the best raced.
+    assert [r["score"] for r in s["race"]] == [c["score"] for c in s["candidates"][:3]]
+    kept = min(range(3), key=lambda i: s["race"][i]["raced_score"])
+    assert s["chosen"] == s["candidates"][kept]["spec"] == res.spec
+    assert s["chosen_score"] == s["race"][kept]["score"]
+    assert res.metrics["val_loss"] <= s["race"][kept]["raced_score"]
+    assert [st for st, _ in events if st == "race"] == ["race"] * 12
+    steps = [step for st, step in events if st != "search"]
+    assert steps == sorted(steps) and steps[-1] == res.metrics["steps"]
+    assert {r["stage"] for r in res.history} == {"supernet", "race", "finetune"}
+
+
+def test_warm_start_competes_in_the_race():
+    f, _, g_s = tiny_nets()
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6))
+    good = _perturbed(build_adapter(space.config(Candidate(2, 6, 3, True))))
+    g_t = _teacher_through(g_s, copy.deepcopy(good))
+    warm = [("good", good, adapter_spec(space.config(Candidate(2, 6, 3, True))))]
+    budget = {"steps": 30, "finalists": 2, "trial_fraction": 0.5, **SMALL}
+    x = torch.randn(24, 3, 6, 6)
+    res = run_auto_transplant(f, g_t, g_s, x, budget=budget, warm_starts=warm, train=FAST)
+    s = res.metrics["search"]
+    assert [r["name"] for r in s["race"]][0] == "good" and len(s["race"]) == 2
+    assert s["warm_start"] == "good" and s["chosen"] == warm[0][2]
 
 
 def test_budget_is_validated():
     f, g_t, g_s = tiny_nets()
     with pytest.raises(ValueError):
         run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget={"stepz": 3})
+    for bad in ({"finalists": 0}, {"trial_fraction": 1.0}, {"sampling": "nope"}):
+        with pytest.raises(ValueError):
+            run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget=bad)
 
 
 def test_sampling_is_fair_over_children():

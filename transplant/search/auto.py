@@ -7,8 +7,10 @@ Stages (reported to the callbacks with a "stage" key):
   search    score children by held-out back-distillation loss with their inherited weights
             (exhaustive when the space is small, else evolutionary), and score the warm starts
             (registered adapters into the same task module) the same way;
-  finetune  extract the winner as a standalone adapter and train it briefly.
-No child is ever trained from scratch.
+  race      (budget.finalists > 1) give the best few starting points a short trial fine-tune each
+            and keep the one with the lowest held-out loss after it;
+  finetune  train the kept adapter (extracted child or registered adapter) for the remaining steps.
+No child is ever trained from scratch; all stages together run budget.steps optimiser steps.
 """
 
 from __future__ import annotations
@@ -30,55 +32,11 @@ from transplant.distill.trainer import TrainConfig, Trainer
 from transplant.errors import Cancelled
 from transplant.metrics import agreement, task_metric
 from transplant.run import TransplantResult, _objective, _split, check_inputs
+from transplant.search.budget import SPACE_KEYS, AutoBudget
 from transplant.search.space import Candidate, SearchSpace
 from transplant.search.supernet import SuperNet
 
 Module = Callable[[torch.Tensor], torch.Tensor]
-SPACE_KEYS = ("depths", "widths", "kernels", "skips")
-SAMPLINGS = ("uniform", "sandwich", "depth")
-
-
-@dataclasses.dataclass
-class AutoBudget:
-    """How much an auto transplant may spend; built from the request's `budget` dict."""
-
-    steps: int | None = None
-    """Total optimiser steps, super-network + fine-tune (None: what `train` would run for one adapter)."""
-    supernet_fraction: float = 0.5
-    """Share of `steps` spent on the super-network; the rest fine-tunes the chosen child."""
-    max_candidates: int = 32
-    """Children scored in the search; the space is searched exhaustively when it is no larger."""
-    depths: tuple = (1, 2, 3)
-    widths: tuple = (16, 32, 64)
-    kernels: tuple = (1, 3)
-    skips: tuple = (False, True)
-    sampling: str = "depth"
-    """Super-net children per step: "depth" (depth first, then the rest; favours the single-layer
-    children), "uniform" (one child, uniform over the children) or "sandwich" (the largest child plus
-    a uniform one, losses summed, one optimiser step; Yu et al., BigNAS). The fair modes did not beat
-    "depth" on the benchmark and "sandwich" costs > 2x a fixed run; see bench/results/search.md."""
-    out_shape: tuple | None = None
-    """The task module's input shape when it differs from the features' (default: the same)."""
-
-    @classmethod
-    def from_dict(cls, budget: dict | None) -> AutoBudget:
-        """Validated budget; unknown keys are refused, not ignored."""
-        budget = dict(budget or {})
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(budget) - names
-        if unknown:
-            raise ValueError(f"unknown budget keys {sorted(unknown)}; use {sorted(names)}")
-        for k in (*SPACE_KEYS, "out_shape"):
-            if budget.get(k) is not None:
-                budget[k] = tuple(budget[k])
-        b = cls(**budget)
-        if not 0.0 < b.supernet_fraction < 1.0 or b.max_candidates < 1:
-            raise ValueError("supernet_fraction must be in (0, 1) and max_candidates ≥ 1")
-        if b.sampling not in SAMPLINGS:
-            raise ValueError(f"unknown sampling {b.sampling!r}; use one of {SAMPLINGS}")
-        return b
-
-
 class _Staged:
     """Forwards trainer events to the user's callbacks with a stage and an overall step."""
 
@@ -187,6 +145,27 @@ def _warm_start_scores(
     return out
 
 
+def _finalists(
+    ranked: list[tuple[Candidate, float]], warm: list[dict], k: int, supernet: SuperNet
+) -> list[dict]:
+    """The k best starting points, children and warm starts ranked alike, as trainable adapters."""
+    pool = [{"name": _child_name(c), "score": s, "child": c, "warm": None} for c, s in ranked[:k]]
+    pool += [{**w, "warm": w["name"]} for w in warm if w["score"] is not None]
+    chosen = sorted(pool, key=lambda p: p["score"])[:k]
+    for p in chosen:
+        if p["warm"] is None:
+            p["module"], p["config"] = supernet.extract(p["child"]), supernet.space.config(p["child"])
+        for q in p["module"].parameters():
+            q.requires_grad_(True)
+    return chosen
+
+
+def _child_name(c: Candidate) -> str:
+    if c.layers == 1:
+        return f"d1 k{c.kernel_size}"
+    return f"d{c.layers} w{c.hidden} k{c.kernel_size}{' skip' if c.skip else ''}"
+
+
 def _steps_for(cfg: TrainConfig, n_train: int) -> int:
     """The steps a plain run_transplant with `cfg` would run at most."""
     per_epoch = cfg.steps_per_epoch or math.ceil(n_train / min(cfg.batch_size, n_train))
@@ -281,23 +260,33 @@ def run_auto_transplant(
             search_cb.on_step_end({"step": 0, "candidate": i, "candidates": n, "loss": s})
 
         ranked = search_children(supernet, score, plan.max_candidates, cfg.seed, on_scored)
-        best, best_score = ranked[0]
         warm = _warm_start_scores(warm_starts, space, score, device)
-        usable = [w for w in warm if w["score"] is not None]
-        winner = min(usable, key=lambda w: w["score"]) if usable else None
-        if winner is not None and winner["score"] < best_score:
-            h, config, start_score = winner["module"], winner["config"], winner["score"]
-            warm_name = winner["name"]
-        else:
-            h, config, start_score, warm_name = supernet.extract(best), space.config(best), best_score, None
+        finalists = _finalists(ranked, warm, plan.finalists, supernet)
 
-        # Stage 3: fine-tune the chosen adapter from its inherited (or registered) weights.
-        for p in h.parameters():
-            p.requires_grad_(True)
+        # Stage 3a: a short trial fine-tune of each finalist when there are several; held-out loss
+        # after the trial decides (inherited scores rank children trained for different step counts).
+        done = sup.steps_done
+        race: list[dict] = []
+        n_trial = int(n_fine * plan.trial_fraction) // len(finalists) if len(finalists) > 1 else 0
+        if n_trial >= 1:
+            for i, fin in enumerate(finalists):
+                obj = _objective(method, fin["module"], g_student, g_teacher, cfg, gen)
+                trial_cb = _Staged(callbacks, "race", done, total)
+                trial = _train(fin["module"], obj, cfg, n_trial, train_data, None, [trial_cb], should_stop)
+                done += trial.steps_done
+                fin["raced"] = score(fin["module"])
+                fin["history"] = [{**r, "stage": "race", "finalist": i} for r in trial.history]
+                race.append({"name": fin["name"], "score": fin["score"], "raced_score": fin["raced"]})
+        winner = min(finalists, key=lambda fin: fin.get("raced", fin["score"]))
+        h, config, warm_name = winner["module"], winner["config"], winner["warm"]
+        start_score = winner.get("raced", winner["score"])
+
+        # Stage 3b: fine-tune the kept adapter from its inherited (or registered) weights.
         obj = _objective(method, h, g_student, g_teacher, cfg, gen)
         start_state = copy.deepcopy(h.state_dict())
-        fine_cb = _Staged(callbacks, "finetune", sup.steps_done, total)
-        fine = _train(h, obj, cfg, n_fine, train_data, val_data, [fine_cb], should_stop)
+        fine_cb = _Staged(callbacks, "finetune", done, total)
+        n_rest = max(1, total - done)
+        fine = _train(h, obj, cfg, n_rest, train_data, val_data, [fine_cb], should_stop)
         final_score = held_out_score(h, g_student, g_teacher, held_out, cfg)
         if final_score > start_score:  # fine-tuning made the held-out loss worse: keep the start
             h.load_state_dict(start_state)
@@ -313,8 +302,9 @@ def run_auto_transplant(
             "val_loss": final_score,
             "n_train": int(len(tr_idx)),
             "n_val": int(len(va_idx)),
-            "steps": sup.steps_done + fine.steps_done,
-            "epochs_run": len(sup.history) + len(fine.history),
+            "steps": done + fine.steps_done,
+            "epochs_run": len(sup.history) + sum(len(f.get("history", ())) for f in finalists)
+            + len(fine.history),
             "device": str(device),
         }
         if y is not None:
@@ -322,10 +312,12 @@ def run_auto_transplant(
     metrics["search"] = {
         "candidates": [{"spec": adapter_spec(space.config(c)), "score": s} for c, s in ranked],
         "chosen": adapter_spec(config),
-        "chosen_score": start_score,
+        "chosen_score": winner["score"],
         "warm_start": warm_name,
         "warm_starts": [{k: w[k] for k in ("name", "score", "skipped") if k in w} for w in warm],
+        "race": race,
         "supernet_steps": sup.steps_done,
+        "race_steps": done - sup.steps_done,
         "finetune_steps": fine.steps_done,
         "space_size": len(space.candidates()),
         "wall_s": time.perf_counter() - t0,
@@ -333,6 +325,7 @@ def run_auto_transplant(
     metrics["wall_s"] = time.perf_counter() - t0
     h = h.cpu().eval()
     history = [{**r, "stage": "supernet"} for r in sup.history]
+    history += [r for fin in finalists for r in fin.get("history", ())]
     history += [{**r, "stage": "finetune"} for r in fine.history]
     return TransplantResult(
         adapter=h, config=config, spec=adapter_spec(config), metrics=metrics, history=history

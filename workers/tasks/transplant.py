@@ -45,7 +45,7 @@ ROLES = (
 
 
 MAX_WARM_STARTS = 16
-"""Registered adapters offered to an auto search as starting points (the newest modules first)."""
+"""Registered adapters offered to an auto search as starting points (the nearest ones first)."""
 
 
 def fetch_module(ctx: JobContext, version: ModuleVersion, folder: Path) -> torch.nn.Module:
@@ -77,15 +77,22 @@ def _adapter_config(run: JobRun, f_out: list, g_in: list):  # noqa: ANN202
     return fit_adapter_config(tuple(f_out[1:]), tuple(g_in[1:]), **(run.request.get("adapter") or {}))
 
 
-def _warm_start_versions(ctx: JobContext, task: str, f_out: list, g_in: list) -> list[ModuleVersion]:
-    """Latest versions of adapter modules of `task` whose spec maps f's output to g_S's input."""
-    want_in, want_out = list(f_out[1:]), list(g_in[1:])
+def _warm_start_versions(
+    ctx: JobContext, req: dict, f_v: ModuleVersion, g_s_v: ModuleVersion
+) -> list[ModuleVersion]:
+    """Latest versions of the task's adapter modules that map f's output to g_S's input, nearest first.
+
+    Nearest: adapters learned from any version of this very category module (a new f version is where
+    reuse pays; bench/results/search.md), then the category's other adapters, then adapters into the
+    same student task module, then the rest; newest first within each group. The cap keeps the first.
+    """
+    want_in, want_out = list(f_v.output_shape[1:]), list(g_s_v.input_shape[1:])
     found: list[ModuleVersion] = []
     after = None
     with ctx.sessionmaker() as session:
         while True:
             page = modules_repository.list_modules(
-                session, kind="adapter", category=None, task=task, after=after, limit=200
+                session, kind="adapter", category=None, task=req["task"], after=after, limit=200
             )
             for module, latest in page:
                 if latest is None:
@@ -98,7 +105,17 @@ def _warm_start_versions(ctx: JobContext, task: str, f_out: list, g_in: list) ->
             if len(page) < 200:
                 break
             after = page[-1][0].id
-    return found[-MAX_WARM_STARTS:]
+
+    def nearness(version: ModuleVersion) -> tuple:
+        parents = {(p.get("role"), p.get("name")) for p in version.parents or []}
+        return (
+            ("category", f_v.module.name) not in parents,
+            version.module.category != req["category"],
+            ("student", g_s_v.module.name) not in parents,
+            -version.module_id,
+        )
+
+    return sorted(found, key=nearness)[:MAX_WARM_STARTS]
 
 
 def _warm_starts(ctx: JobContext, versions: list[ModuleVersion], folder: Path) -> tuple[list, dict]:
@@ -150,7 +167,7 @@ def _work(run: JobRun) -> Register:
     auto = _auto_options(req)
     warm_versions = []
     if auto is not None:
-        warm_versions = _warm_start_versions(ctx, req["task"], f_v.output_shape, g_s_v.input_shape)
+        warm_versions = _warm_start_versions(ctx, req, f_v, g_s_v)
     with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
         f, g_t, g_s = (fetch_module(ctx, versions[field], Path(tmp)) for field, _ in ROLES)
         warm_starts, warm_refs = _warm_starts(ctx, warm_versions, Path(tmp))

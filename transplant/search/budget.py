@@ -1,0 +1,60 @@
+"""AutoBudget: what an auto transplant may spend and where, built from the request's `budget` dict."""
+
+from __future__ import annotations
+
+import dataclasses
+
+SPACE_KEYS = ("depths", "widths", "kernels", "skips")
+SAMPLINGS = ("uniform", "sandwich", "depth")
+
+
+@dataclasses.dataclass
+class AutoBudget:
+    """How much an auto transplant may spend; built from the request's `budget` dict."""
+
+    steps: int | None = None
+    """Total optimiser steps, super-network + race + fine-tune (None: what `train` would run for one
+    adapter), so that auto and one fixed adapter train for the same number of steps."""
+    supernet_fraction: float = 0.3
+    """Share of `steps` spent on the super-network; the rest races and fine-tunes the chosen child
+    (0.3 with 4 finalists beat 0.5 with 1 on dev worlds 100–109; bench/results/search.md)."""
+    max_candidates: int = 32
+    """Children scored in the search; the space is searched exhaustively when it is no larger."""
+    depths: tuple = (1, 2, 3)
+    widths: tuple = (16, 32, 64)
+    kernels: tuple = (1, 3)
+    skips: tuple = (False, True)
+    sampling: str = "depth"
+    """Super-net children per step: "depth" (depth first, then the rest; favours the single-layer
+    children), "uniform" (one child, uniform over the children) or "sandwich" (the largest child plus
+    a uniform one, losses summed, one optimiser step; Yu et al., BigNAS). The fair modes did not beat
+    "depth" on the benchmark and "sandwich" costs > 2x a fixed run; see bench/results/search.md."""
+    finalists: int = 4
+    """Starting points (best children by inherited loss, warm starts ranked alike) that each get a
+    short trial fine-tune before one is kept by held-out loss; 1 = fine-tune the best one only.
+    Inherited losses compare children trained for unequal step counts; a few own steps each correct
+    much of that bias for a small share of the budget."""
+    trial_fraction: float = 0.3
+    """Share of the post-super-net steps spent on the finalists' trials (split evenly among them)."""
+    out_shape: tuple | None = None
+    """The task module's input shape when it differs from the features' (default: the same)."""
+
+    @classmethod
+    def from_dict(cls, budget: dict | None) -> AutoBudget:
+        """Validated budget; unknown keys are refused, not ignored."""
+        budget = dict(budget or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(budget) - names
+        if unknown:
+            raise ValueError(f"unknown budget keys {sorted(unknown)}; use {sorted(names)}")
+        for k in (*SPACE_KEYS, "out_shape"):
+            if budget.get(k) is not None:
+                budget[k] = tuple(budget[k])
+        b = cls(**budget)
+        if not 0.0 < b.supernet_fraction < 1.0 or b.max_candidates < 1:
+            raise ValueError("supernet_fraction must be in (0, 1) and max_candidates ≥ 1")
+        if b.sampling not in SAMPLINGS:
+            raise ValueError(f"unknown sampling {b.sampling!r}; use one of {SAMPLINGS}")
+        if b.finalists < 1 or not 0.0 < b.trial_fraction < 1.0:
+            raise ValueError("finalists must be ≥ 1 and trial_fraction in (0, 1)")
+        return b
