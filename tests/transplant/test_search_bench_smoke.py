@@ -1,0 +1,34 @@
+"""Seconds through bench.search (fixed vs auto, warm starts, report) so that it cannot silently break."""
+
+import torch
+
+from bench import search, search_warm
+from bench.search_report import report
+from transplant.world import SIZES
+
+
+def test_bench_search_smoke(monkeypatch):
+    monkeypatch.setitem(
+        SIZES,
+        "small",
+        {"n_old": 2, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2},
+    )
+    monkeypatch.setattr(search_warm, "CURVE_STEPS", 20)
+    monkeypatch.setattr(search_warm, "FINETUNE_STEPS", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = search.run_seed(0, steps=12, quick=True, n_test=16)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(run["fixed"]) == 4 and run["auto"]["steps"] <= 12
+    assert run["auto"]["supernet_steps"] + run["auto"]["race_steps"] + run["auto"]["finetune_steps"] <= 12
+    for mode in ("finetuned", "retrained"):
+        w = run["warm"][mode]
+        assert [s for s, _ in w["cold_curve"]] == list(range(0, 21, 10)) and w["feature_drift"] > 0
+        assert set(w["auto_warm_scores"]) == {"f@1-adapter", "style0/cls", "style1/cls"}
+    conditions = {"steps": 12, "n_test": 16, "seeds": [0], "total_s": 1.0, "load_before": (0, 0, 0),
+                  "load_after": (0, 0, 0), "threads": 1, "quick": True, "protocol": search.PROTOCOL}
+    text = report([run], conditions, search.SPACE)
+    assert "best-mean fixed candidate" in text and "warm ÷ cold steps" in text
+    assert set(conditions["verdict"]) == {"quality", "cost", "warm"}
