@@ -39,6 +39,67 @@ def list_modules(
     return [(m, v) for m, v in session.execute(query)]
 
 
+def module_page(
+    session: Session, *, kind: str | None, category: str | None, task: str | None, after: int | None,
+    limit: int,
+) -> list[dict]:
+    """One page of modules as plain column dicts (with `latest_version`), for the list route.
+
+    Columns, not entities: a page of 50 ORM objects spent more time in identity-map bookkeeping than
+    PostgreSQL spent on the query.
+    """
+    latest = (
+        select(func.max(ModuleVersion.version))
+        .where(ModuleVersion.module_id == Module.id)
+        .correlate(Module)
+        .scalar_subquery()
+    )
+    query = select(*PAGE_COLUMNS, latest.label("latest_version")).order_by(Module.id).limit(limit)
+    if kind:
+        query = query.where(Module.kind == kind)
+    if category:
+        query = query.where(Module.category == category)
+    if task:
+        query = query.where(Module.task == task)
+    if after is not None:
+        query = query.where(Module.id > after)
+    return [dict(row) for row in session.execute(query).mappings()]
+
+
+PAGE_COLUMNS = (
+    Module.id, Module.name, Module.kind, Module.category, Module.task, Module.description, Module.created_at,
+)
+
+
+def resolve(session: Session, name: str, *, number: int | None = None, alias: str | None = None
+            ) -> tuple[ModuleVersion, Module, list[str]] | None:
+    """Version `number`, the one `alias` names, or (neither) the latest, of module `name`, with the
+    module and the version's aliases: one query, where resolving took three. None if nothing matched."""
+    pick = (
+        select(ModuleVersion.id).join(Module, Module.id == ModuleVersion.module_id).where(Module.name == name)
+    )
+    if number is not None:
+        pick = pick.where(ModuleVersion.version == number)
+    elif alias is not None:
+        on_alias = (Alias.module_id == Module.id) & (Alias.version_id == ModuleVersion.id)
+        pick = pick.join(Alias, on_alias).where(Alias.alias == alias)
+    else:  # latest: a backward scan of uq_module_versions_module_version (module_id, version)
+        pick = pick.order_by(ModuleVersion.version.desc())
+    query = (
+        select(ModuleVersion, Module, Alias.alias)
+        .join(Module, Module.id == ModuleVersion.module_id)
+        # module_id in the join condition: the aliases primary key (module_id, alias) serves it.
+        .outerjoin(Alias, (Alias.module_id == Module.id) & (Alias.version_id == ModuleVersion.id))
+        .where(ModuleVersion.id == pick.limit(1).scalar_subquery())
+        .order_by(Alias.alias)
+    )
+    rows = session.execute(query).all()
+    if not rows:
+        return None
+    version, module = rows[0][0], rows[0][1]
+    return version, module, [row[2] for row in rows if row[2] is not None]
+
+
 def _versions(session: Session, with_module: bool = True):
     # with_module=False when the caller already holds the Module row and attaches it itself: the
     # JOIN to modules is then pure cost on the hottest read (resolve a version).
@@ -113,6 +174,15 @@ def aliases_of_module(session: Session, module_id: int) -> dict[str, int]:
 def aliases_of_version(session: Session, version_id: int) -> list[str]:
     query = select(Alias.alias).where(Alias.version_id == version_id).order_by(Alias.alias)
     return list(session.scalars(query))
+
+
+def aliases_by_version(session: Session, module_id: int) -> dict[int, list[str]]:
+    """The module's aliases grouped by the id of the version they point at."""
+    query = select(Alias.version_id, Alias.alias).where(Alias.module_id == module_id).order_by(Alias.alias)
+    out: dict[int, list[str]] = {}
+    for version_id, alias in session.execute(query):
+        out.setdefault(version_id, []).append(alias)
+    return out
 
 
 def set_alias(session: Session, *, module_id: int, alias: str, version_id: int) -> None:

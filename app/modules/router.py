@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from app.auth.service import Principal
@@ -36,6 +37,16 @@ router = APIRouter(prefix="/v1/modules", tags=["modules"], route_class=MetricsRo
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT)]
 
 
+def _json(model: BaseModel) -> Response:
+    """The model as a JSON response, serialised once.
+
+    A Response passes through FastAPI untouched; a returned model would be validated again against
+    `response_model` (for a `def` route, in one more thread-pool hop). `response_model` stays on the
+    routes for the OpenAPI document.
+    """
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def _module_read(module: Module, latest: int | None) -> ModuleRead:
     return ModuleRead.model_validate(
         {**{c: getattr(module, c) for c in ModuleRead.model_fields if c != "latest_version"},
@@ -43,10 +54,11 @@ def _module_read(module: Module, latest: int | None) -> ModuleRead:
     )
 
 
+_FROM_ELSEWHERE = ("name", "kind", "aliases")  # VersionRead fields that are not ModuleVersion columns
+
+
 def _version_read(session: Session, version: ModuleVersion, aliases: list[str] | None = None) -> VersionRead:
-    fields = {c: getattr(version, c) for c in VersionRead.model_fields if c not in (
-        "name"
-    , "kind", "aliases")}
+    fields = {c: getattr(version, c) for c in VersionRead.model_fields if c not in _FROM_ELSEWHERE}
     if aliases is None:
         aliases = repository.aliases_of_version(session, version.id)
     return VersionRead(name=version.module.name, kind=version.module.kind, aliases=aliases, **fields)
@@ -64,31 +76,32 @@ def create_module(body: ModuleCreate, session: SessionDep, principal: WriteAuth)
 def list_modules(
     session: SessionDep, _: ReadAuth, kind: str | None = None, category: str | None = None,
     task: str | None = None, limit: Limit = 50, cursor: str | None = None,
-) -> ModulePage:
+) -> Response:
     """Modules filtered by kind/category/task, in creation order, one page at a time."""
     after = decode_cursor(cursor)
     if after is not None and not isinstance(after, int):
         raise Unprocessable("The cursor is not valid; pass the `next_cursor` of a previous page.")
-    rows = repository.list_modules(
+    rows = repository.module_page(
         session, kind=kind, category=category, task=task, after=after, limit=limit + 1
     )
-    items = [_module_read(m, v) for m, v in rows[:limit]]
-    next_cursor = encode_cursor(rows[limit - 1][0].id) if len(rows) > limit else None
-    return ModulePage(items=items, next_cursor=next_cursor)
+    # Plain columns of the right types straight from the database: nothing to validate.
+    items = [ModuleRead.model_construct(**row) for row in rows[:limit]]
+    next_cursor = encode_cursor(rows[limit - 1]["id"]) if len(rows) > limit else None
+    return _json(ModulePage.model_construct(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{name}", response_model=ModuleDetail)
-def get_module(name: str, session: SessionDep, _: ReadAuth) -> ModuleDetail:
+def get_module(name: str, session: SessionDep, _: ReadAuth) -> Response:
     """The module with a summary of its versions and its aliases."""
     module = service.get_module(session, name)
     versions = repository.version_summaries(session, module.id)
     base = _module_read(module, versions[-1].version if versions else None)
-    return ModuleDetail(
+    return _json(ModuleDetail(
         **base.model_dump(),
         versions=[VersionSummary(version=v.version, sha256=v.sha256, format=v.format, created_at=v.created_at)
                   for v in versions],
         aliases=repository.aliases_of_module(session, module.id),
-    )
+    ))
 
 
 def _register_upload(
@@ -151,23 +164,24 @@ async def upload_version(
 @router.get("/{name}/versions", response_model=VersionPage)
 def list_versions(
     name: str, session: SessionDep, _: ReadAuth, limit: Limit = 50, cursor: str | None = None
-) -> VersionPage:
+) -> Response:
     """The module's versions, oldest first."""
     module = service.get_module(session, name)
     after = decode_cursor(cursor)
     if after is not None and not isinstance(after, int):
         raise Unprocessable("The cursor is not valid; pass the `next_cursor` of a previous page.")
     rows = repository.list_versions(session, module.id, after=after, limit=limit + 1)
-    items = [_version_read(session, v) for v in rows[:limit]]
+    aliases = repository.aliases_by_version(session, module.id)  # one query, not one per version
+    items = [_version_read(session, v, aliases.get(v.id, [])) for v in rows[:limit]]
     next_cursor = encode_cursor(rows[limit - 1].version) if len(rows) > limit else None
-    return VersionPage(items=items, next_cursor=next_cursor)
+    return _json(VersionPage(items=items, next_cursor=next_cursor))
 
 
 @router.get("/{name}/versions/{ref}", response_model=VersionRead)
-def get_version(name: str, ref: str, session: SessionDep, _: ReadAuth) -> VersionRead:
+def get_version(name: str, ref: str, session: SessionDep, _: ReadAuth) -> Response:
     """One version by number, alias or `latest`, with lineage and metrics."""
-    version = service.find_version(session, service.get_module(session, name), ref)
-    return _version_read(session, version)
+    version, aliases = service.find_version_by_name(session, name, ref)
+    return _json(_version_read(session, version, aliases))
 
 
 @router.get(

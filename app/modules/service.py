@@ -121,6 +121,25 @@ def find_version(session: Session, module: Module, selector: str) -> ModuleVersi
     return version
 
 
+def find_version_by_name(session: Session, name: str, selector: str) -> tuple[ModuleVersion, list[str]]:
+    """The version of module `name` named by a number, an alias or `latest`, and its aliases; NotFound
+    otherwise. One query on the hit path (the read routes' hot path)."""
+    if _NUMBER.match(selector):
+        found = repository.resolve(session, name, number=int(selector))
+    elif selector == "latest":
+        found = repository.resolve(session, name)
+    else:
+        found = repository.resolve(session, name, alias=selector)
+    if found is None:
+        # A miss: the step-by-step path says which is missing, the module or the version.
+        version = find_version(session, get_module(session, name), selector)
+        return version, repository.aliases_of_version(session, version.id)
+    version, module, aliases = found
+    if "module" not in version.__dict__:
+        set_committed_value(version, "module", module)
+    return version, aliases
+
+
 def resolve_version(session: Session, ref: str | dict) -> ModuleVersion:
     """The version a reference ("name@N", "name@alias", "name", {"name","version"}) names; .module loaded."""
     name, selector = _parse_ref(ref)
