@@ -32,7 +32,15 @@ class Settings(BaseSettings):
     """Endpoint of a non-AWS S3 server (MinIO, SeaweedFS). Credentials: the usual AWS_* variables."""
     s3_region: str = "us-east-1"
     s3_multipart_threshold: int = 16 * 1024 * 1024
-    """Objects above this many bytes are sent to S3 with a multipart upload."""
+    """Objects above this many bytes are sent to S3 with a multipart upload; one whose uploader declared
+    its sha256 goes while it is received, in parts of this size (at least 5 MiB)."""
+    s3_presign_downloads: bool = False
+    """Answer artifact downloads with a 307 to a presigned S3 URL, so the bytes flow from S3 to the
+    client, not through the API. Off by default: clients must reach S3 (`s3_public_endpoint_url`)."""
+    s3_public_endpoint_url: str | None = None
+    """The S3 endpoint as clients reach it, for presigned URLs (default: `s3_endpoint_url`)."""
+    s3_presign_expires_s: int = 300
+    """Lifetime of a presigned download URL, in seconds."""
     broker_url: str | None = None
     """Celery broker (Redis) URL. Unset: jobs run in an in-process runner (embedded mode)."""
     bootstrap_token: str | None = None

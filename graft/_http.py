@@ -79,19 +79,45 @@ class Http:
             raise ServerUnreachable(self.url, type(exc).__name__) from None
 
     def download(self, path: str, dest: Any) -> int:
-        """Stream a GET body into the open binary file `dest`, following redirects; bytes written."""
-        written = 0
+        """Stream a GET body into the open binary file `dest`, following redirects; bytes written.
+
+        A redirect to another host (the server's presigned S3 URL) is fetched without this client's
+        headers: the bearer token is a secret for the Graft server only, and the URL carries its own
+        signature (S3 refuses a request that holds both).
+        """
+        url: httpx.URL | str = path
+        client_headers, status = True, 0
         try:
-            with self._client.stream("GET", path, follow_redirects=True) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    raise GraftError(resp.status_code, _detail(resp))
-                for chunk in resp.iter_bytes(1 << 20):
-                    dest.write(chunk)
-                    written += len(chunk)
+            for _hop in range(MAX_REDIRECTS + 1):
+                with self._stream_get(url, client_headers) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        target = resp.url.join(resp.headers["location"])
+                        client_headers = client_headers and _same_origin(target, resp.url)
+                        url, status = target, resp.status_code
+                        continue
+                    if resp.status_code >= 400:
+                        resp.read()
+                        raise GraftError(resp.status_code, _detail(resp))
+                    written = 0
+                    for chunk in resp.iter_bytes(1 << 20):
+                        dest.write(chunk)
+                        written += len(chunk)
+                    return written
         except httpx.TransportError as exc:
             raise ServerUnreachable(self.url, type(exc).__name__) from None
-        return written
+        raise GraftError(status, f"more than {MAX_REDIRECTS} redirects downloading {path}")
+
+    def _stream_get(self, url: httpx.URL | str, client_headers: bool):  # noqa: ANN202
+        if client_headers:
+            return self._client.stream("GET", url, follow_redirects=False)
+        return httpx.stream("GET", url, timeout=self._client.timeout, follow_redirects=False)
+
+
+MAX_REDIRECTS = 5
+
+
+def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:
+    return (a.scheme, a.host, a.port) == (b.scheme, b.host, b.port)
 
 
 def iter_sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:

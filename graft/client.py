@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -165,8 +166,14 @@ class Client:
         return existing
 
     def upload_version(self, name: str, path: Path, meta: dict) -> dict:
-        """Upload one artifact file as a new version of module `name` (idempotent on its bytes)."""
+        """Upload one artifact file as a new version of module `name` (idempotent on its bytes).
+
+        The file's sha256 goes in `meta` (sent before the file): the server can then store the bytes
+        while they arrive, and it refuses them if they changed on the way.
+        """
         with open(path, "rb") as fh:
+            meta = {**meta, "sha256": hashlib.file_digest(fh, "sha256").hexdigest()}
+            fh.seek(0)
             files = {"file": (Path(path).name, fh, "application/octet-stream")}
             return self._http.json("POST", f"/v1/modules/{name}/versions", files=files,
                                    data={"meta": json.dumps(meta)})

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -19,6 +21,7 @@ from app.models import Module, ModuleVersion
 from app.modules import repository, service
 from app.modules.cursor import MAX_LIMIT, decode_cursor, encode_cursor
 from app.modules.schemas import (
+    SHA256_PATTERN,
     AliasRead,
     AliasSet,
     ModuleCreate,
@@ -30,7 +33,8 @@ from app.modules.schemas import (
     VersionSummary,
 )
 from app.ops.metrics import MetricsRoute
-from app.storage import ArtifactStore
+from app.storage import ArtifactStore, key_for
+from app.storage.base import PendingPut
 from app.storage.upload import multipart_openapi, receive_multipart
 
 router = APIRouter(prefix="/v1/modules", tags=["modules"], route_class=MetricsRoute)
@@ -106,7 +110,7 @@ def get_module(name: str, session: SessionDep, _: ReadAuth) -> Response:
 
 def _register_upload(
     session: Session, store: ArtifactStore, settings: Settings, principal: Principal, name: str,
-    fields: dict, path, sha256: str,
+    fields: dict, path, sha256: str, pending: PendingPut | None,
 ) -> tuple[VersionRead, bool]:
     module = service.get_module(session, name)
     service.check_can_write(module, principal)
@@ -122,7 +126,7 @@ def _register_upload(
     if not isinstance(meta, dict):
         raise Unprocessable("The `meta` part must be a JSON object.")
     version, created = service.add_version(
-        session, store, settings, module=module, file_path=path, meta=meta, sha256=sha256
+        session, store, settings, module=module, file_path=path, meta=meta, sha256=sha256, pending=pending,
     )
     if created:
         try:
@@ -139,26 +143,59 @@ def _register_upload(
     status_code=201,
     response_model=VersionRead,
     openapi_extra=multipart_openapi('JSON: {"format", "input_shape", "trained_on"?, "metrics"?, '
-                                    '"description"?, "arch"?}'),
+                                    '"description"?, "arch"?, "sha256"?}; send it before `file`.'),
     responses={200: {"description": "Identical bytes were already uploaded: the existing version."}},
 )
 async def upload_version(
     name: str, request: Request, session: SessionDep, store: StoreDep, settings: SettingsDep,
     principal: WriteAuth,
 ) -> Response:
-    """Upload a new immutable version: the body streams to disk, then loads and probes off the event loop."""
+    """Upload a new immutable version: the body streams to disk, then loads and probes off the event loop.
+
+    With `meta.sha256` declared (in a part before `file`) and an S3 store, the file also goes on to S3
+    while it arrives, under its final key, and becomes visible only once digest and probe have passed.
+    """
     # async only to read the body as a stream; every blocking step runs in the thread pool.
+    # The module and the token's right to it are checked before a byte is received (or sent on).
+    await run_in_threadpool(_check_target, request.app.state.sessionmaker, name, principal)
+    length = request.headers.get("content-length", "")
+    expected = int(length) if length.isdigit() else None
+
+    def start_put(fields: dict[str, str], path: Path) -> PendingPut | None:
+        declared = _declared_sha256(fields.get("meta"))
+        if declared is None:
+            return None
+        return store.begin_put(key_for(declared), path, expected_size=expected)
+
     upload = await receive_multipart(
-        request, tmp_dir=settings.data_dir / "incoming", max_bytes=settings.max_upload_bytes
+        request, tmp_dir=settings.data_dir / "incoming", max_bytes=settings.max_upload_bytes,
+        start_put=start_put,
     )
     try:
         read, created = await run_in_threadpool(
             _register_upload, session, store, settings, principal, name, upload.fields, upload.path,
-            upload.sha256,
+            upload.sha256, upload.pending,
         )
     finally:
+        if upload.pending is not None:  # a no-op once completed; otherwise nothing may stay behind
+            await run_in_threadpool(upload.pending.abort)
         upload.discard()
     return JSONResponse(read.model_dump(mode="json"), status_code=201 if created else 200)
+
+
+def _check_target(sessionmaker, name: str, principal: Principal) -> None:  # noqa: ANN001
+    with sessionmaker() as session:
+        service.check_can_write(service.get_module(session, name), principal)
+
+
+def _declared_sha256(raw_meta: str | None) -> str | None:
+    """The sha256 a `meta` part declares, if it is well formed (any other problem is reported later)."""
+    try:
+        meta = json.loads(raw_meta) if raw_meta else None
+    except ValueError:
+        return None
+    declared = meta.get("sha256") if isinstance(meta, dict) else None
+    return declared if isinstance(declared, str) and re.fullmatch(SHA256_PATTERN, declared) else None
 
 
 @router.get("/{name}/versions", response_model=VersionPage)
@@ -187,22 +224,34 @@ def get_version(name: str, ref: str, session: SessionDep, _: ReadAuth) -> Respon
 @router.get(
     "/{name}/versions/{ref}/artifact",
     response_class=StreamingResponse,
-    responses={200: {"content": {"application/octet-stream": {}}, "description": "The artifact bytes."}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}, "description": "The artifact bytes."},
+        304: {"description": "`If-None-Match` holds the artifact's ETag (its sha256): unchanged."},
+        307: {"description": "With GRAFT_S3_PRESIGN_DOWNLOADS: a short-lived presigned S3 URL of the bytes "
+                             "(`Location`); fetch it without this server's Authorization header."},
+    },
 )
 def download_artifact(
     name: str, ref: str, request: Request, session: SessionDep, store: StoreDep, _: ReadAuth
 ) -> Response:
-    """The artifact's bytes, streamed; `ETag` is the sha256."""
-    version = service.find_version(session, service.get_module(session, name), ref)
+    """The artifact's bytes, streamed, or a 307 to a presigned URL of them; `ETag` is the sha256."""
+    version, _aliases = service.find_version_by_name(session, name, ref)
     etag = f'"{version.sha256}"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    filename = f"{version.module.name}-{version.version}.{_EXT[version.format]}"
+    try:
+        url = store.download_url(version.storage_key, filename=filename)
+    except Exception:
+        raise BackendUnavailable("The artifact store cannot sign a download URL right now; retry.") from None
+    if url is not None:
+        # The bytes go from S3 to the client; the URL expires, so neither the answer nor it is cached.
+        return Response(status_code=307, headers={"Location": url, "ETag": etag, "Cache-Control": "no-store"})
     headers = {
         "ETag": etag,
         "Content-Length": str(version.size),
-        "Content-Disposition": f'attachment; filename="{version.module.name}-{version.version}.'
-        f'{_EXT[version.format]}"',
+        "Content-Disposition": f'attachment; filename="{filename}"',
     }
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers={"ETag": etag})
     try:
         chunks = store.iter_bytes(version.storage_key, chunk_size=DOWNLOAD_CHUNK)
         first = next(chunks, b"")

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]{0,127}$"
 ALIAS_PATTERN = r"^[a-z][a-z0-9._-]{0,63}$"
+SHA256_PATTERN = r"^[0-9a-f]{64}$"
 KINDS = ("category", "task", "adapter")
 MAX_DIMS = 8
 
@@ -58,6 +59,11 @@ class VersionMeta(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     description: str | None = Field(default=None, max_length=10_000)
     arch: dict[str, Any] | None = Field(default=None, description="safetensors only: the architecture spec.")
+    sha256: str | None = Field(
+        default=None, pattern=SHA256_PATTERN,
+        description="The file's sha256 (lowercase hex), declared before the `file` part: the server then "
+        "stores the bytes while they arrive, and refuses the upload (422) if they do not match.",
+    )
 
     @field_validator("input_shape")
     @classmethod

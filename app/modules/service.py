@@ -26,6 +26,7 @@ from app.modules import repository
 from app.modules.probe import ProbeFailed, probe_artifact
 from app.modules.schemas import ALIAS_PATTERN, NAME_PATTERN, VersionMeta
 from app.storage import ArtifactStore, key_for
+from app.storage.base import PendingPut
 from transplant.artifacts import ArtifactError, PickledArtifact, check_format, shape_elements
 
 log = logging.getLogger(__name__)
@@ -192,13 +193,15 @@ def _probe(settings: Settings, path: Path, meta: VersionMeta) -> list[int | None
 def add_version(
     session: Session, store: ArtifactStore, settings: Settings, *, module: Module, file_path: Path,
     meta: dict, parents: list[dict] = (), job_id: str | None = None, job_role: str | None = None,
-    sha256: str | None = None,
+    sha256: str | None = None, pending: PendingPut | None = None,
 ) -> tuple[ModuleVersion, bool]:
     """Validate, probe and store an artifact, then add its version row (flushed, not committed).
 
     Idempotent: the same bytes in this module, or the same (job_id, job_role), return the existing
     version with created=False. The object is stored before the row exists, so a row never points at
-    missing bytes; the caller commits and on failure calls `discard_orphan`.
+    missing bytes; the caller commits and on failure calls `discard_orphan`. `pending` is the store
+    upload already fed while the file arrived (under the declared sha256): it is completed only once
+    the digest and the probe passed, and the caller aborts it whatever else happens.
     """
     parsed = parse_meta(meta)
     if job_id is not None:
@@ -211,6 +214,11 @@ def add_version(
         size = file_path.stat().st_size
     if size == 0:
         raise Unprocessable("The artifact file is empty; attach the saved module as `file`.")
+    if parsed.sha256 is not None and parsed.sha256 != sha256:
+        raise Unprocessable(
+            f"The file's sha256 is {sha256}, not the {parsed.sha256} that meta.sha256 declares: the bytes "
+            "changed on the way or the digest is wrong; resend the file with its own sha256."
+        )
     existing = repository.get_by_sha(session, module.id, sha256)
     if existing is not None:
         return existing, False
@@ -224,16 +232,23 @@ def add_version(
     # The upload to the store and the probe overlap (both take seconds for big files); the row is
     # still added only after both succeeded, and a refused artifact's fresh object is removed again.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        put = pool.submit(store.put_file, file_path, key)
+        # Streamed: only the parts still in flight are left to wait for.
+        put = pool.submit(pending.wait) if pending else pool.submit(store.put_file, file_path, key)
         try:
             output_shape = _probe(settings, file_path, parsed)
         except BaseException:
-            if put.exception() is None:
+            if pending is not None:
+                pending.abort()  # nothing was visible yet: no object to remove
+            elif put.exception() is None:
                 discard_orphan(session, store, sha256)
             raise
         try:
             put.result()
+            if pending is not None:
+                pending.complete()
         except Exception as exc:
+            if pending is not None:
+                pending.abort()
             log.warning("artifact store put failed for %s: %s", key, exc)
             raise BackendUnavailable(
                 "The artifact store is unreachable right now; retry the upload."

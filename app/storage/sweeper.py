@@ -3,6 +3,9 @@
 An upload stores its object before its row commits (so a row never points at missing bytes); a crash
 between the two leaves an object nobody references. Objects younger than the grace period are kept,
 since an upload in flight has stored its object but not yet committed its row.
+
+A crash in the middle of an upload streamed to S3 leaves an incomplete multipart upload instead (its
+parts take space but no key shows them); the sweep aborts those that are older than the grace period.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ class SweepReport:
     referenced: int = 0
     too_young: int = 0
     deleted: list[str] = field(default_factory=list)
+    aborted_uploads: list[str] = field(default_factory=list)
 
 
 def referenced_keys(session: Session) -> set[str]:
@@ -41,9 +45,13 @@ def sweep_orphans(
     session: Session, store: ArtifactStore, *, grace: timedelta = DEFAULT_GRACE, dry_run: bool = False,
     now: datetime | None = None,
 ) -> SweepReport:
-    """Delete objects older than `grace` that no row references; the report lists them."""
+    """Delete objects older than `grace` that no row references, and abort incomplete uploads older than
+    `grace`; the report lists both."""
     now = now or datetime.now(UTC)
     report = SweepReport()
+    report.aborted_uploads = store.abort_stale_uploads(now - grace, dry_run=dry_run)
+    for key in report.aborted_uploads:
+        log.info("stale incomplete upload of %s%s", key, " (dry run)" if dry_run else " aborted")
     listed = list(store.list_modified())
     # Read the rows after listing: an object whose row commits in between is then seen as referenced.
     in_use = referenced_keys(session)

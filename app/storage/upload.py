@@ -3,6 +3,10 @@
 Starlette's form parser would spool the whole body to its own temp file before a route runs, so a size
 limit could only be checked after receiving everything; parsing the stream here lets an oversize body
 be refused as soon as it crosses `max_upload_bytes` (or at once from its Content-Length).
+
+With `start_put`, the file can also go on to the artifact store while it arrives: called when the
+file part begins (with the parts before it, e.g. a `meta` that declares the sha256, the final key),
+it may return a `PendingPut` that is fed each whole part as it lands on disk.
 """
 
 from __future__ import annotations
@@ -10,13 +14,19 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequest, TooLarge, UnsupportedFormat
+from app.storage.base import PendingPut
+
+# (the text parts received before the file part, the temp file's path) -> a PendingPut, or None.
+StartPut = Callable[[dict[str, str], Path], PendingPut | None]
 
 # Small non-file parts (the `meta` JSON) are kept in memory up to this size.
 MAX_FIELD_BYTES = 1024 * 1024
@@ -33,6 +43,8 @@ class ReceivedUpload:
     size: int
     filename: str | None
     fields: dict[str, str] = field(default_factory=dict)
+    pending: PendingPut | None = None
+    """The store upload fed while receiving (`start_put`); the caller completes or aborts it."""
 
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -60,8 +72,10 @@ def multipart_openapi(meta_description: str) -> dict:
 
 
 class _Receiver:
-    def __init__(self, tmp_dir: Path, max_bytes: int, file_field: str) -> None:
+    def __init__(self, tmp_dir: Path, max_bytes: int, file_field: str, start_put: StartPut | None) -> None:
         self.tmp_dir, self.max_bytes, self.file_field = tmp_dir, max_bytes, file_field
+        self.start_put = start_put
+        self.pending: PendingPut | None = None
         self.fields: dict[str, str] = {}
         self.hasher = hashlib.sha256()
         self.size = 0
@@ -111,6 +125,8 @@ class _Receiver:
             fd, tmp = tempfile.mkstemp(dir=self.tmp_dir, prefix="upload-")
             self.path = Path(tmp)
             self.fh = os.fdopen(fd, "wb")
+            if self.start_put is not None:
+                self.pending = self.start_put(dict(self.fields), self.path)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         chunk = data[start:end]
@@ -123,6 +139,9 @@ class _Receiver:
                 )
             self.hasher.update(chunk)
             self.fh.write(chunk)
+            if self.pending is not None and self.size >= self.pending.next_part_end:
+                self.fh.flush()  # the part's sender reads the file, not our buffer
+                self.pending.available(self.size)
         else:
             self._buffer += chunk
             if len(self._buffer) > MAX_FIELD_BYTES:
@@ -134,9 +153,14 @@ class _Receiver:
 
 
 async def receive_multipart(
-    request: Request, *, tmp_dir: Path, max_bytes: int, file_field: str = "file"
+    request: Request, *, tmp_dir: Path, max_bytes: int, file_field: str = "file",
+    start_put: StartPut | None = None,
 ) -> ReceivedUpload:
-    """Parse the request's multipart body: the file part to a temp file (sha256 as it streams)."""
+    """Parse the request's multipart body: the file part to a temp file (sha256 as it streams).
+
+    On any failure (bad body, too large, the client gone) the temp file is removed and a started
+    `PendingPut` aborted before the error propagates.
+    """
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not params.get(b"boundary"):
         raise UnsupportedFormat(
@@ -149,24 +173,31 @@ async def receive_multipart(
             "(GRAFT_MAX_UPLOAD_BYTES); send a smaller file."
         )
     tmp_dir.mkdir(parents=True, exist_ok=True)
-    receiver = _Receiver(tmp_dir, max_bytes, file_field)
+    receiver = _Receiver(tmp_dir, max_bytes, file_field, start_put)
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
     try:
         async for chunk in request.stream():
             parser.write(chunk)
         parser.finalize()
-    except Exception as exc:
+        if receiver.fh is None or receiver.path is None:
+            raise BadRequest(f"The upload has no `{file_field}` part; attach the file as `{file_field}`.")
+        receiver.fh.close()
+        if receiver.pending is not None:
+            receiver.pending.finish(receiver.size)
+    except BaseException as exc:
         if receiver.fh is not None:
             receiver.fh.close()
         if receiver.path is not None:
             receiver.path.unlink(missing_ok=True)
-        if isinstance(exc, (TooLarge, BadRequest)):
+        if receiver.pending is not None:
+            if isinstance(exc, Exception):  # aborting waits for parts in flight: off the event loop
+                await run_in_threadpool(receiver.pending.abort)
+            else:  # cancelled: an await here would be cancelled too, so abort right here
+                receiver.pending.abort()
+        if isinstance(exc, (TooLarge, BadRequest)) or not isinstance(exc, Exception):
             raise
         raise BadRequest(f"The multipart body could not be parsed ({exc}); resend it.") from None
-    if receiver.fh is None or receiver.path is None:
-        raise BadRequest(f"The upload has no `{file_field}` part; attach the file as `{file_field}`.")
-    receiver.fh.close()
     return ReceivedUpload(
         path=receiver.path, sha256=receiver.hasher.hexdigest(), size=receiver.size,
-        filename=receiver.filename, fields=receiver.fields,
+        filename=receiver.filename, fields=receiver.fields, pending=receiver.pending,
     )

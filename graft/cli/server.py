@@ -90,6 +90,8 @@ def gc(
     verb = "would delete" if dry_run else "deleted"
     for key in report.deleted:
         typer.echo(f"{verb} {key}")
+    for key in report.aborted_uploads:
+        typer.echo(f"{'would abort' if dry_run else 'aborted'} the incomplete upload of {key}")
     typer.echo(
         f"scanned {report.scanned} objects: {report.referenced} referenced, {report.too_young} younger "
         f"than the grace period, {len(report.deleted)} orphans {verb}"
