@@ -16,10 +16,11 @@ Job state lives in the database (the `jobs` row); Celery's result backend is not
 
 from __future__ import annotations
 
+import logging
 import pkgutil
 
 from celery import Celery
-from celery.signals import setup_logging
+from celery.signals import setup_logging, worker_init
 
 import workers.tasks
 from app.config import Settings
@@ -58,3 +59,24 @@ celery = app
 def _logging(loglevel: int | str | None = None, **_kwargs: object) -> None:
     """Graft's log format (plain or JSON, with job ids) instead of Celery's own."""
     configure_logging(json=settings.log_json, level=loglevel or "INFO")
+
+
+@worker_init.connect
+def _warm_up(**_kwargs: object) -> None:
+    """Pay torch.export's lazy imports (2-5 s on the first load of a process) before the first job."""
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from transplant.artifacts import load_module, save_module
+
+    # Before "ready": the first job then costs what every job costs, not seconds more.
+    try:
+        with tempfile.TemporaryDirectory(prefix="graft-warm-") as tmp:
+            path = Path(tmp) / "warm.pt2"
+            path.write_bytes(save_module(torch.nn.Linear(2, 2), torch.zeros(2, 2), "torch_export"))
+            with torch.no_grad():
+                load_module(path, "torch_export")(torch.zeros(1, 2))
+    except Exception:  # a failed warm-up costs the first job its speed, nothing else
+        logging.getLogger(__name__).warning("torch.export warm-up failed", exc_info=True)

@@ -7,8 +7,10 @@ makes two adapter versions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import tempfile
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
@@ -36,6 +38,7 @@ from transplant.artifacts import ArtifactError, load_module
 from transplant.search import run_auto_transplant
 from workers import lifecycle
 from workers.lifecycle import JobFailed, JobRun, Register
+from workers.module_cache import cache_key, process_cache
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,17 @@ ROLES = (
 
 MAX_WARM_STARTS = 16
 """Registered adapters offered to an auto search as starting points (the nearest ones first)."""
+
+
+def borrow_module(ctx: JobContext, version: ModuleVersion) -> AbstractContextManager[torch.nn.Module]:
+    """One module version for this job alone: from the worker's cache, else downloaded and loaded."""
+
+    def fetch() -> torch.nn.Module:
+        with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
+            return fetch_module(ctx, version, Path(tmp))
+
+    cache = process_cache(ctx.settings.model_cache_bytes)
+    return cache.borrow(cache_key(version.storage_key, version.format, version.arch), fetch)
 
 
 def fetch_module(ctx: JobContext, version: ModuleVersion, folder: Path) -> torch.nn.Module:
@@ -156,6 +170,24 @@ def _train_config(req: dict) -> TrainConfig:
     return TrainConfig(epochs=int(req["epochs"]), seed=int(req["seed"]), device="auto", **knobs)
 
 
+def _run_engine(run: JobRun, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v):  # noqa: ANN001, ANN202
+    """The search (`"adapter": "auto"`) or a fixed-adapter transplant on the loaded modules."""
+    req = run.request
+    if auto is not None:
+        budget = dict(auto.get("budget") or {})
+        if list(f_v.output_shape[1:]) != list(g_s_v.input_shape[1:]):
+            budget["out_shape"] = list(g_s_v.input_shape[1:])
+        return run_auto_transplant(
+            f, g_t, g_s, x, y, method=req["method"], budget=budget, warm_starts=warm_starts, train=train,
+            callbacks=[_Phases(run)], should_stop=run.should_stop,
+        )
+    config = _adapter_config(run, f_v.output_shape, g_s_v.input_shape)
+    return run_transplant(
+        f, g_t, g_s, x, y,
+        method=req["method"], adapter=config, train=train, callbacks=[run], should_stop=run.should_stop,
+    )
+
+
 def _work(run: JobRun) -> Register:
     """Everything but the final transaction: fetch, load, train; returns the registration step."""
     ctx, req = run.ctx, run.request
@@ -168,9 +200,6 @@ def _work(run: JobRun) -> Register:
     warm_versions = []
     if auto is not None:
         warm_versions = _warm_start_versions(ctx, req, f_v, g_s_v)
-    with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
-        f, g_t, g_s = (fetch_module(ctx, versions[field], Path(tmp)) for field, _ in ROLES)
-        warm_starts, warm_refs = _warm_starts(ctx, warm_versions, Path(tmp))
     try:
         x_np, y_np = load_arrays(ctx.store, dataset)
     except (OSError, ValueError) as exc:
@@ -181,21 +210,14 @@ def _work(run: JobRun) -> Register:
         y = torch.from_numpy(y_np)
         y = y.long() if not y.is_floating_point() else y.float()
     train = _train_config(req)
-    run.report(stage="training", device=str(train.resolved_device()))
-    if auto is not None:
-        budget = dict(auto.get("budget") or {})
-        if list(f_v.output_shape[1:]) != list(g_s_v.input_shape[1:]):
-            budget["out_shape"] = list(g_s_v.input_shape[1:])
-        result = run_auto_transplant(
-            f, g_t, g_s, x, y, method=req["method"], budget=budget, warm_starts=warm_starts, train=train,
-            callbacks=[_Phases(run)], should_stop=run.should_stop,
-        )
-    else:
-        config = _adapter_config(run, f_v.output_shape, g_s_v.input_shape)
-        result = run_transplant(
-            f, g_t, g_s, x, y,
-            method=req["method"], adapter=config, train=train, callbacks=[run], should_stop=run.should_stop,
-        )
+    with contextlib.ExitStack() as borrowed:
+        # f, g_T and g_S come from this worker's cache when an earlier job loaded them (their bytes
+        # never change); they go back to it only when the engine returns normally.
+        f, g_t, g_s = (borrowed.enter_context(borrow_module(ctx, versions[field])) for field, _ in ROLES)
+        with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
+            warm_starts, warm_refs = _warm_starts(ctx, warm_versions, Path(tmp))
+        run.report(stage="training", device=str(train.resolved_device()))
+        result = _run_engine(run, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v)
     weights, spec = save_adapter(result.adapter, result.config)
     warm_name = (result.metrics.get("search") or {}).get("warm_start")
     metrics = {**result.metrics, "dataset": dataset.id, "job_id": run.job_id}
