@@ -3,10 +3,11 @@
 1. Registry at scale: 100,000 module versions in PostgreSQL (25,000 modules × 4 versions, bulk
    COPY), in-process TestClient: list (first page, a page from the middle), search (filter by
    kind + category, by kind + task) and resolve (`latest`, a number) — p50 / p99.
-2. Jobs: N small CPU-light transplants (1 epoch, 16 samples, tiny nets) through real `graft worker`
-   processes on Redis + PostgreSQL + SeaweedFS S3, first with 1 worker, then with 2 on the same
-   queue. Throughput = jobs / (last finished_at − first started_at) from the jobs table; each job
-   checked: succeeded, attempts == 1, exactly one adapter version.
+2. Jobs (`bench/scale_jobs.py`): N small transplants through real `graft worker` processes on
+   Redis + PostgreSQL + SeaweedFS S3, first with 1 worker, then with 2 on the same queue, for two
+   job mixes: CPU-bound (all host CPU) and CPU-light (a simulated device wait per training step).
+   Throughput = jobs / (last finished_at − first started_at) from the jobs table; each job checked:
+   succeeded, attempts == 1, received by one worker, exactly one adapter version.
 
 Run: `python -m bench.scale [--jobs 200] [--skip-jobs]` (PostgreSQL, Redis and `weed` needed).
 """
@@ -19,18 +20,12 @@ import logging
 import os
 import platform
 import tempfile
-import time
-import uuid
 from pathlib import Path
 
-import redis
-from sqlalchemy import create_engine, func, select
-
 from bench.registry import PG_ADMIN, RESULTS, TOKEN, _create_db, _drop_db, measure, populate
+from bench.scale_jobs import bench_jobs, jobs_markdown
 
 N_MODULES, N_VERSIONS = 25_000, 4
-REDIS = os.environ.get("GRAFT_TEST_REDIS_URL", "redis://127.0.0.1:6379").rstrip("/")
-JOB = {"epochs": 1, "train": {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}}
 
 
 def bench_registry(n_requests: int = 500) -> dict:
@@ -75,103 +70,6 @@ def bench_registry(n_requests: int = 500) -> dict:
     return out
 
 
-def _free_redis_db() -> tuple[str, redis.Redis]:
-    owner = uuid.uuid4().hex
-    for db in range(15, 0, -1):
-        client = redis.Redis.from_url(f"{REDIS}/{db}")
-        if client.dbsize() == 0 and client.set("graft-tests:owner", owner, nx=True, ex=3600):
-            return f"{REDIS}/{db}", client
-    raise SystemExit("No free Redis database (1-15) for the job benchmark.")
-
-
-def bench_jobs(n_jobs: int, workdir: Path) -> dict:
-    from fastapi.testclient import TestClient
-
-    from app.main import create_app
-    from app.models.job import Job
-    from app.models.module_version import ModuleVersion
-    from tests.jobs.conftest import Workers
-    from tests.jobs.world import make_world, transplant
-    from tests.services import s3_settings, start_seaweedfs, stop_seaweedfs
-
-    proc_s3, s3 = start_seaweedfs(workdir / "s3")
-    db_name, db_url = _create_db()
-    broker, rclient = _free_redis_db()
-    settings = s3_settings(s3, db_url, workdir / "api", broker_url=broker, bootstrap_token=TOKEN)
-    pool = Workers(settings, workdir)
-    out: dict = {"jobs": n_jobs, "job": JOB, "load_average": os.getloadavg()[0]}
-    try:
-        app = create_app(settings)
-        engine = create_engine(db_url)
-        with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"}) as api:
-            world = make_world(api, "scale", n=16)
-            for n_workers in (1, 2):
-                pool.stop_all()
-                pool.running.clear()
-                for _ in range(n_workers):
-                    pool.start()
-                prefix = f"w{n_workers}-adapter"
-                ids = [
-                    transplant(api, world, result_module=f"{prefix}-{i}", seed=i, **JOB)
-                    for i in range(n_jobs)
-                ]
-                deadline = time.monotonic() + 60 * 20
-                with engine.connect() as conn:
-                    while True:
-                        done = conn.scalar(
-                            select(func.count())
-                            .select_from(Job)
-                            .where(Job.id.in_(ids), Job.finished_at.is_not(None))
-                        )
-                        conn.rollback()
-                        if done == n_jobs or time.monotonic() > deadline:
-                            break
-                        time.sleep(0.5)
-                    rows = conn.execute(
-                        select(
-                            Job.id, Job.status, Job.attempts, Job.worker, Job.started_at, Job.finished_at
-                        ).where(Job.id.in_(ids))
-                    ).all()
-                    versions = conn.execute(
-                        select(ModuleVersion.job_id, func.count())
-                        .where(ModuleVersion.job_id.in_(ids))
-                        .group_by(ModuleVersion.job_id)
-                    ).all()
-                per_job = dict(versions)
-                finished = [r for r in rows if r.finished_at is not None]
-                span = (
-                    max(r.finished_at for r in finished) - min(r.started_at for r in finished)
-                ).total_seconds()
-                by_worker: dict[str, int] = {}
-                for r in rows:
-                    key = (r.worker or "none").split("-", 1)[0]
-                    by_worker[key] = by_worker.get(key, 0) + 1
-                result = {
-                    "workers": n_workers,
-                    "span_s": span,
-                    "jobs_per_s": len(finished) / span,
-                    "succeeded": sum(r.status == "succeeded" for r in rows),
-                    "lost": n_jobs - len(finished),
-                    "run_more_than_once": sum(r.attempts != 1 for r in rows),
-                    "jobs_without_one_version": sum(per_job.get(r.id, 0) != 1 for r in rows),
-                    "by_worker": by_worker,
-                    "mean_run_s": sum((r.finished_at - r.started_at).total_seconds() for r in finished)
-                    / max(1, len(finished)),
-                }
-                out[f"{n_workers}_workers"] = result
-                print(result, flush=True)
-        out["ratio"] = out["2_workers"]["jobs_per_s"] / out["1_workers"]["jobs_per_s"]
-        out["load_average_after"] = os.getloadavg()[0]
-        engine.dispose()
-        app.state.engine.dispose()
-    finally:
-        pool.stop_all()
-        rclient.flushdb()
-        _drop_db(db_name)
-        stop_seaweedfs(proc_s3)
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
@@ -206,25 +104,7 @@ def main() -> None:
         f"| {k} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} |" for k, v in reg.items() if isinstance(v, dict)
     ]
     if "jobs" in result:
-        j = result["jobs"]
-        lines += [
-            "",
-            f"## Jobs: {j['jobs']} small transplants (1 epoch, 16 samples, tiny nets) through real "
-            "`graft worker` processes (Redis, PostgreSQL, SeaweedFS S3)",
-            f"(load average {j['load_average']:.1f} before, {j['load_average_after']:.1f} after)",
-            "",
-            "| workers | span s | jobs/s | mean run s | succeeded | lost | run twice | ≠ 1 version "
-            "| by worker |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for n in (1, 2):
-            r = j[f"{n}_workers"]
-            lines.append(
-                f"| {n} | {r['span_s']:.1f} | {r['jobs_per_s']:.2f} | {r['mean_run_s']:.2f} "
-                f"| {r['succeeded']} | {r['lost']} | {r['run_more_than_once']} "
-                f"| {r['jobs_without_one_version']} | {r['by_worker']} |"
-            )
-        lines += ["", f"Throughput 2 workers / 1 worker: **{j['ratio']:.2f}×** (goal ≥ 1.7×)."]
+        lines += jobs_markdown(result["jobs"])
     (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -128,12 +128,18 @@ class Workers:
     settings: Settings
     folder: Path
     running: list[Worker] = field(default_factory=list)
+    module: str = "graft.cli"
+    """What `python -m` runs: the `graft` command line (bench.scale uses bench.device_wait)."""
 
     def start(self, **env: str) -> Worker:
         """A worker that has connected to the broker and is ready to take jobs."""
+        return self.ready(self.launch(**env))
+
+    def launch(self, **env: str) -> Worker:
+        """A worker process started, not yet waited for (start several at once, then `ready` each)."""
         log_path = self.folder / f"worker-{len(self.running)}.log"
         name = f"w{len(self.running)}-{uuid.uuid4().hex[:6]}@%h"
-        cmd = [sys.executable, "-m", "graft.cli", "worker", "--hostname", name, "--loglevel", "info"]
+        cmd = [sys.executable, "-m", self.module, "worker", "--hostname", name, "--loglevel", "info"]
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
                 cmd, cwd=ROOT, env=worker_env(self.settings, **env), stdout=log, stderr=subprocess.STDOUT,
@@ -141,9 +147,13 @@ class Workers:
             )
         worker = Worker(proc, log_path)
         self.running.append(worker)
+        return worker
+
+    def ready(self, worker: Worker) -> Worker:
+        """`worker` once it has connected to the broker; fails the test if it never does."""
         deadline = time.monotonic() + 90
         while " ready." not in worker.log():
-            if proc.poll() is not None or time.monotonic() > deadline:
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
                 worker.stop()
                 pytest.fail(f"the Celery worker did not start; its log:\n{worker.log()[-4000:]}")
             time.sleep(0.2)
