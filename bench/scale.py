@@ -74,7 +74,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--skip-jobs", action="store_true")
+    parser.add_argument("--render", action="store_true", help="only rewrite scale.md from scale.json")
     args = parser.parse_args()
+    if args.render:
+        lines = render(json.loads((RESULTS / "scale.json").read_text()))
+        (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+        return
     logging.disable(logging.INFO)  # the per-request access log is not what is measured
     RESULTS.mkdir(parents=True, exist_ok=True)
     result = {
@@ -86,6 +91,13 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="graft-scale-") as tmp:
             result["jobs"] = bench_jobs(args.jobs, Path(tmp))
     (RESULTS / "scale.json").write_text(json.dumps(result, indent=2, default=str))
+    lines = render(result)
+    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def render(result: dict) -> list[str]:
+    """scale.md's lines from the results."""
     reg = result["registry"]
     lines = [
         "# Scale benchmarks",
@@ -105,8 +117,7 @@ def main() -> None:
     ]
     if "jobs" in result:
         lines += jobs_markdown(result["jobs"])
-    (RESULTS / "scale.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
 
 
 if __name__ == "__main__":
