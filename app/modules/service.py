@@ -62,22 +62,28 @@ def get_module(session: Session, name: str) -> Module:
     return module
 
 
-def create_module(
-    session: Session, *, name: str, kind: str, category: str | None = None, task: str | None = None,
-    description: str | None = None, owner_token_id: int | None = None,
-) -> Module:
-    """Create a module; Conflict if the name is taken."""
+def _new_module(session: Session, *, name: str, **fields: str | int | None) -> Module:
+    """A validated new module added to the session (not flushed); Conflict if the name is taken."""
     if not re.match(NAME_PATTERN, name):
         raise Unprocessable(
             f"Module name {name!r} is invalid; use lowercase letters, digits, '.', '_' or '-'."
         )
     if repository.get_by_name(session, name) is not None:
         raise Conflict(f"A module called {name!r} already exists; pick another name or upload a new version.")
-    module = Module(
-        name=name, kind=kind, category=category, task=task, description=description,
+    module = Module(name=name, **fields)
+    session.add(module)
+    return module
+
+
+def create_module(
+    session: Session, *, name: str, kind: str, category: str | None = None, task: str | None = None,
+    description: str | None = None, owner_token_id: int | None = None,
+) -> Module:
+    """Create a module; Conflict if the name is taken."""
+    module = _new_module(
+        session, name=name, kind=kind, category=category, task=task, description=description,
         owner_token_id=owner_token_id,
     )
-    session.add(module)
     try:
         with savepoint(session):
             session.flush()
@@ -85,6 +91,36 @@ def create_module(
         session.rollback()
         raise Conflict(f"A module called {name!r} already exists; pick another name.") from None
     return module
+
+
+def get_or_create_module(
+    session: Session, *, name: str, kind: str, category: str | None = None, task: str | None = None,
+    description: str | None = None,
+) -> Module:
+    """The module `name`, created when missing; when a concurrent transaction creates it first, that one.
+
+    Jobs register into a result module they create on first use, so two workers finishing at once
+    race to create it (found by bench/load.py: the loser's job failed with a 409 message). On
+    PostgreSQL the losing insert waits for the winner's commit, then fails inside its own SAVEPOINT,
+    which keeps the job's transaction (and its row lock) alive; reading again finds the winner's row.
+    SQLite has one writer at a time, so there a plain create_module is enough.
+    """
+    module = repository.get_by_name(session, name)
+    if module is not None:
+        return module
+    fields = {"kind": kind, "category": category, "task": task, "description": description}
+    if session.get_bind().dialect.name == "sqlite":
+        return create_module(session, name=name, **fields)
+    try:
+        with session.begin_nested():
+            module = _new_module(session, name=name, **fields)
+            session.flush()
+        return module
+    except IntegrityError:
+        module = repository.get_by_name(session, name)
+        if module is None:
+            raise
+        return module
 
 
 def _parse_ref(ref: str | dict) -> tuple[str, str]:

@@ -22,10 +22,10 @@ from app.jobs.context import JobContext
 from app.models import Module
 from app.modules.service import (
     add_version,
-    create_module,
     discard_orphan,
     file_sha256,
     get_module,
+    get_or_create_module,
     resolve_version,
     version_ref,
 )
@@ -147,7 +147,7 @@ def _module(session: Session, name: str, kind: str, **fields: str) -> Module:
     try:
         module = get_module(session, name)
     except NotFound:
-        return create_module(
+        return get_or_create_module(
             session, name=name, kind=kind, description=f"Amalgamated student ({kind} module).", **fields
         )
     if module.kind != kind:

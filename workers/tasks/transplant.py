@@ -25,10 +25,10 @@ from app.models import ModuleVersion
 from app.modules import repository as modules_repository
 from app.modules.service import (
     add_version,
-    create_module,
     discard_orphan,
     file_sha256,
     get_module,
+    get_or_create_module,
     resolve_version,
     version_ref,
 )
@@ -259,7 +259,7 @@ def _adapter_module(session: Session, req: dict):  # noqa: ANN202
     try:
         module = get_module(session, name)
     except NotFound:
-        return create_module(
+        return get_or_create_module(
             session, name=name, kind="adapter", category=req["category"], task=req["task"],
             description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
         )
