@@ -163,9 +163,11 @@ def _sanitised_export_copy(path: Path, dest: Path) -> None:
                     fout.write(chunk)
 
 
-# torch.export's deserializer keeps process-global state (`_CURRENT_DESERIALIZER`): two threads loading
-# at once (a job and a predict in one server) make the second fail. Loads are rare; serialise them.
-_EXPORT_LOAD_LOCK = threading.Lock()
+# torch.export keeps process-global state: the deserializer (`_CURRENT_DESERIALIZER`), and while
+# exporting, dispatch-mode stacks, the module hierarchy and pickling hooks for fake tensors. Two threads
+# loading, exporting or saving at once (two exports of a composition in one server, a job and a predict)
+# make one of them fail ("Trying to pop empty mode stack"). They are rare; every one takes this lock.
+TORCH_EXPORT_LOCK = threading.RLock()
 
 
 def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
@@ -179,7 +181,7 @@ def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
             with tempfile.TemporaryDirectory(prefix="graft-export-") as tmp:
                 clean = Path(tmp) / "clean.pt2"
                 _sanitised_export_copy(path, clean)
-                with _EXPORT_LOAD_LOCK:
+                with TORCH_EXPORT_LOCK:
                     module = torch.export.load(clean).module()
         elif format == "torchscript":
             module = torch.jit.load(str(path), map_location="cpu")
@@ -259,8 +261,9 @@ def save_module(module: nn.Module, example_input: torch.Tensor, format: str) -> 
     if format == "torch_export":
         batch = torch.export.Dim("batch", min=1)
         dynamic = ({0: batch},) if example_input.shape[0] > 1 else None
-        program = torch.export.export(module, (example_input,), dynamic_shapes=dynamic)
-        torch.export.save(program, buf)
+        with TORCH_EXPORT_LOCK:
+            program = torch.export.export(module, (example_input,), dynamic_shapes=dynamic)
+            torch.export.save(program, buf)
     elif format == "torchscript":
         try:
             scripted = torch.jit.script(module)

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from transplant.artifacts import TORCH_EXPORT_LOCK
 from transplant.errors import ShapeMismatch, TransplantError
 
 EXPORT_FORMATS = ("torch_export", "torchscript", "onnx")
@@ -158,8 +159,9 @@ def export_composed(module: nn.Module, example_input: torch.Tensor, format: str)
                     "ask for format=torchscript or format=onnx instead"
                 )
             batch = torch.export.Dim("batch")
-            program = torch.export.export(module, (example_input,), dynamic_shapes=({0: batch},))
-            torch.export.save(program, buf)
+            with TORCH_EXPORT_LOCK:
+                program = torch.export.export(module, (example_input,), dynamic_shapes=({0: batch},))
+                torch.export.save(program, buf)
         elif format == "torchscript":
             torch.jit.save(_trace(module, example_input), buf)
         else:
