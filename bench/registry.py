@@ -1,9 +1,13 @@
 """Registry benchmarks, measured side by side in one run; results go to bench/results/registry.{md,json}.
 
 1. A 256 MB TorchScript artifact (one 8192×8192 float32 Linear) uploaded and downloaded through the API
-   (a real uvicorn process on PostgreSQL + SeaweedFS S3) vs boto3 straight to the same S3 server, and
-   the API process's peak RSS during the upload vs idle (the shape probe runs in a forkserver child,
-   whose memory is reported separately as not the API's).
+   (real uvicorn processes on PostgreSQL + SeaweedFS S3, driven by the Python client `graft.Client`)
+   vs boto3 straight to the same S3 server, and the API process's peak RSS during the upload vs idle
+   (the shape probe runs in a forkserver child, not counted as the API's). Uploads: the client's
+   default (sha256 declared, so the server streams to S3 while receiving; the client's hashing is in
+   the time) and, for comparison, the same without a declared digest. Downloads: from a server with
+   GRAFT_S3_PRESIGN_DOWNLOADS (307 to a presigned URL, followed by the client) and from one without
+   (the API proxies the bytes).
 2. `GET /v1/modules?…` and `GET /v1/modules/{name}/versions/latest` latency with 10,000 modules ×
    10 versions in PostgreSQL (rows bulk-inserted), in-process through a TestClient: p50 / p99.
 
@@ -30,6 +34,7 @@ import httpx
 import psycopg
 import torch
 
+from bench.registry_report import report
 from tests.services import ACCESS_KEY, SECRET_KEY, start_seaweedfs, stop_seaweedfs
 
 PG_ADMIN = os.environ.get("GRAFT_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
@@ -65,6 +70,31 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, with waited-for children) the process `pid` has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds used by the S3 server, the API process and this (client) process over a `with`."""
+
+    def __init__(self, s3_pid: int, api_pid: int | None) -> None:
+        self.pids = {"s3": s3_pid, "api": api_pid}
+        self.used: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {k: _cpu_s(p) for k, p in self.pids.items() if p is not None}
+        return {**now, "client": time.process_time()}
+
+    def __enter__(self) -> CpuMeter:
+        self._start = self._now()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.used = {k: v - self._start[k] for k, v in self._now().items()}
+
+
 class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
@@ -83,83 +113,136 @@ def _artifact(path: Path, seed: int) -> None:
     torch.jit.save(torch.jit.trace(model, torch.zeros(1, side)), str(path))
 
 
+class _Counter:
+    """A file-like sink that only counts what is written (downloads are timed, not stored)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def write(self, chunk: bytes) -> int:
+        self.n += len(chunk)
+        return len(chunk)
+
+
+def _serve(workdir: Path, env: dict, name: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "graft.cli", "serve", "--port", str(port)], env=env,
+        stdout=open(workdir / f"{name}.log", "wb"), stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(120):
+        try:
+            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError("API did not become ready: " + (workdir / f"{name}.log").read_text()[-2000:])
+
+
+def _timed_upload(
+    client, server: subprocess.Popen, path: Path, meta: dict, declare: bool  # noqa: ANN001
+) -> tuple[float, dict]:
+    """Seconds to upload `path` as a version of `big` (with or without the client's declared sha256),
+    the answer, and the API process's peak RSS meanwhile."""
+    idle = _rss_mb(server.pid)
+    sampler = RssSampler(server.pid)
+    sampler.start()
+    t0 = time.perf_counter()
+    if declare:
+        body = client.upload_version("big", path, meta)  # hashes the file, then sends meta + file
+    else:
+        with open(path, "rb") as fh:
+            body = client._http.json("POST", "/v1/modules/big/versions", files={"file": ("big.pt", fh)},
+                                     data={"meta": json.dumps(meta)})
+    elapsed = time.perf_counter() - t0
+    sampler.running = False
+    sampler.join()
+    return elapsed, {"body": body, "rss_idle_mb": idle, "rss_peak_mb": sampler.peak}
+
+
+def _timed_download(client, version: int) -> tuple[float, int]:
+    sink = _Counter()
+    t0 = time.perf_counter()
+    client._http.download(f"/v1/modules/big/versions/{version}/artifact", sink)
+    return time.perf_counter() - t0, sink.n
+
+
 def bench_throughput(workdir: Path) -> dict:
+    from graft import Client
+
     proc_s3, s3 = start_seaweedfs(workdir / "seaweedfs")
     db_name, db_url = _create_db()
-    port = _free_port()
     env = {
         **os.environ, "GRAFT_DATABASE_URL": db_url, "GRAFT_ARTIFACTS_URL": f"s3://{s3.bucket}/bench",
         "GRAFT_S3_ENDPOINT_URL": s3.endpoint, "GRAFT_DATA_DIR": str(workdir / "data"),
         "GRAFT_BOOTSTRAP_TOKEN": TOKEN, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "graft.cli", "serve", "--port", str(port)], env=env,
-        stdout=open(workdir / "api.log", "wb"), stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-    client = httpx.Client(base_url=base, headers=headers, timeout=600)
+    servers = []
     s3c = boto3.client("s3", endpoint_url=s3.endpoint, aws_access_key_id=ACCESS_KEY,
                        aws_secret_access_key=SECRET_KEY, region_name="us-east-1")
     from boto3.s3.transfer import TransferConfig
 
     transfer = TransferConfig(multipart_threshold=16 << 20, multipart_chunksize=16 << 20, max_concurrency=8)
     try:
-        for _ in range(120):
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        else:
-            raise RuntimeError("API did not become ready: " + (workdir / "api.log").read_text()[-2000:])
-        client.post("/v1/modules", json={"name": "big", "kind": "task", "task": "t"}).raise_for_status()
+        # Two API processes on the same database and bucket; they differ only in how they answer downloads.
+        server, base = _serve(workdir, {**env, "GRAFT_S3_PRESIGN_DOWNLOADS": "true"}, "api")
+        servers.append(server)
+        proxy_server, proxy_base = _serve(workdir, env, "api-proxying")
+        servers.append(proxy_server)
+        client, proxying = Client(base, TOKEN, timeout=600), Client(proxy_base, TOKEN, timeout=600)
+        client.create_module("big", "task", task="t")
+        meta = {"format": "torchscript", "input_shape": [None, 8192]}
         runs = []
         for i in range(REPEATS):
             path = workdir / f"big-{i}.pt"
             _artifact(path, seed=i)
             size = path.stat().st_size
-            idle = _rss_mb(server.pid)
-            sampler = RssSampler(server.pid)
-            sampler.start()
-            meta = json.dumps({"format": "torchscript", "input_shape": [None, 8192]})
-            t0 = time.perf_counter()
-            with open(path, "rb") as fh:
-                resp = client.post("/v1/modules/big/versions", files={"file": ("big.pt", fh)},
-                                   data={"meta": meta})
-            t_api_up = time.perf_counter() - t0
-            sampler.running = False
-            sampler.join()
-            resp.raise_for_status()
-            version = resp.json()["version"]
-
-            t0 = time.perf_counter()
-            got = 0
-            with client.stream("GET", f"/v1/modules/big/versions/{version}/artifact") as r:
-                for chunk in r.iter_bytes(1 << 20):
-                    got += len(chunk)
-            t_api_down = time.perf_counter() - t0
+            with CpuMeter(proc_s3.pid, server.pid) as cpu_api:
+                t_up, up = _timed_upload(client, server, path, meta, declare=True)
+            version = up["body"]["version"]
+            t_down, got = _timed_download(client, version)
+            assert got == size
+            t_proxy_down, got = _timed_download(proxying, version)
             assert got == size
 
             key = f"direct/{uuid.uuid4().hex}"
-            t0 = time.perf_counter()
-            s3c.upload_file(str(path), s3.bucket, key, Config=transfer)
-            t_s3_up = time.perf_counter() - t0
+            with CpuMeter(proc_s3.pid, None) as cpu_direct:
+                t0 = time.perf_counter()
+                s3c.upload_file(str(path), s3.bucket, key, Config=transfer)
+                t_s3_up = time.perf_counter() - t0
             t0 = time.perf_counter()
             body = s3c.get_object(Bucket=s3.bucket, Key=key)["Body"]
             got = sum(len(c) for c in body.iter_chunks(1 << 20))
             t_s3_down = time.perf_counter() - t0
             assert got == size
+
+            # The path without a declared digest (receive everything, then put to S3), new bytes.
+            _artifact(path, seed=1000 + i)
+            with CpuMeter(proc_s3.pid, server.pid) as cpu_plain:
+                t_plain_up, plain = _timed_upload(client, server, path, meta, declare=False)
+            assert plain["body"]["version"] == version + 1
             path.unlink()
             runs.append({
-                "bytes": size, "api_upload_s": t_api_up, "s3_upload_s": t_s3_up, "api_download_s": t_api_down,
-                "s3_download_s": t_s3_down, "rss_idle_mb": idle, "rss_peak_upload_mb": sampler.peak,
+                "bytes": size, "api_upload_s": t_up, "api_upload_undeclared_s": t_plain_up,
+                "s3_upload_s": t_s3_up, "api_download_s": t_down, "api_download_proxied_s": t_proxy_down,
+                "s3_download_s": t_s3_down, "rss_idle_mb": up["rss_idle_mb"],
+                "rss_peak_upload_mb": up["rss_peak_mb"], "rss_idle_undeclared_mb": plain["rss_idle_mb"],
+                "rss_peak_upload_undeclared_mb": plain["rss_peak_mb"],
+                **{f"cpu_s_api_upload_{k}": v for k, v in cpu_api.used.items()},
+                **{f"cpu_s_api_upload_undeclared_{k}": v for k, v in cpu_plain.used.items()},
+                **{f"cpu_s_s3_upload_{k}": v for k, v in cpu_direct.used.items()},
+                "load_average": os.getloadavg()[0],
             })
             print(f"run {i}: " + ", ".join(f"{k}={v:.2f}" for k, v in runs[-1].items()), flush=True)
+        client.close()
+        proxying.close()
     finally:
-        server.terminate()
-        server.wait(20)
+        for proc in servers:
+            proc.terminate()
+            proc.wait(20)
         stop_seaweedfs(proc_s3)
         _drop_db(db_name)
 
@@ -173,9 +256,19 @@ def bench_throughput(workdir: Path) -> dict:
         "runs": runs,
         "api_upload_MBps": mb / med("api_upload_s"), "s3_upload_MBps": mb / med("s3_upload_s"),
         "upload_ratio": med("s3_upload_s") / med("api_upload_s"),
+        "upload_undeclared_ratio": med("s3_upload_s") / med("api_upload_undeclared_s"),
         "api_download_MBps": mb / med("api_download_s"), "s3_download_MBps": mb / med("s3_download_s"),
         "download_ratio": med("s3_download_s") / med("api_download_s"),
+        "download_proxied_ratio": med("s3_download_s") / med("api_download_proxied_s"),
         "rss_above_idle_mb": max(r["rss_peak_upload_mb"] - r["rss_idle_mb"] for r in runs),
+        "cpu_s": {  # median CPU seconds per 256 MB upload, by process
+            path: {who: med(f"cpu_s_{path}_{who}") for who in ("s3", "api", "client")
+                   if f"cpu_s_{path}_{who}" in runs[0]}
+            for path in ("api_upload", "api_upload_undeclared", "s3_upload")
+        },
+        "rss_above_idle_undeclared_mb": max(
+            r["rss_peak_upload_undeclared_mb"] - r["rss_idle_undeclared_mb"] for r in runs
+        ),
     }
 
 
@@ -227,6 +320,8 @@ def measure(client, cases: dict, n_requests: int, warmup: int = 50) -> dict:
     for label, make in cases.items():
         times = []
         for i in range(n_requests + warmup):
+            if i == warmup:
+                cpu0 = time.process_time()
             url = make(i)
             t = time.perf_counter()
             r = client.get(url)
@@ -234,9 +329,12 @@ def measure(client, cases: dict, n_requests: int, warmup: int = 50) -> dict:
             assert r.status_code == 200, r.text
             if i >= warmup:
                 times.append(dt * 1000)
+        # CPU of this process (client, server and driver all in-process) per request: unlike wall time,
+        # barely moved by other work on the machine.
+        cpu_ms = (time.process_time() - cpu0) * 1000 / n_requests
         times.sort()
         out[label] = {"p50_ms": times[len(times) // 2], "p99_ms": times[int(len(times) * 0.99)],
-                      "n": len(times)}
+                      "cpu_ms": cpu_ms, "n": len(times)}
         print(label, out[label], flush=True)
     return out
 
@@ -265,58 +363,38 @@ def bench_latency(n_modules: int = 10_000, n_versions: int = 10, n_requests: int
 
 
 def main() -> None:
+    import argparse
     import logging
 
     # The client side's per-request log line is not the server's cost; the server's access log stays.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     torch.set_num_threads(2)
-    import argparse
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency-only", action="store_true",
                         help="rerun only the read-latency part; keep the committed throughput figures")
+    parser.add_argument("--before", type=Path,
+                        help="registry.json of the previous code's run on this machine, shown alongside")
+    parser.add_argument("--before-label", default="the previous code, rerun on this machine in this session")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "registry.json"
     previous = json.loads(saved.read_text()) if saved.exists() else {}
+    # Latency first, in a fresh process: the same state as `--latency-only` (and as the reruns of the
+    # previous code it is compared with), not after 1.5 GB of transfers through this process.
+    latency = bench_latency()
     if args.latency_only and "throughput" in previous:
         throughput = previous["throughput"]
     else:
         with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
             throughput = bench_throughput(Path(tmp))
-    latency = bench_latency()
+    before = previous.get("before")
+    if args.before:
+        b = json.loads(args.before.read_text())
+        before = {"label": args.before_label, "throughput": b.get("throughput"), "latency": b.get("latency")}
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.python_version()}",
-              "throughput": throughput, "latency": latency,
-              "latency_before": previous.get("latency_before") or previous.get("latency")}
-    (RESULTS / "registry.json").write_text(json.dumps(result, indent=2))
-    t = throughput
-    lines = [
-        "# Registry benchmarks", "",
-        f"Machine: {result['machine']}. Produced by `python -m bench.registry`.", "",
-        "## 256 MB artifact through the API vs boto3 straight to the same SeaweedFS S3 (median of "
-        f"{REPEATS})", "", f"Artifact: {t['artifact']}.", "",
-        "| | API (uvicorn, PostgreSQL, S3) | boto3 direct | ratio (goal ≥ 0.8) |", "|---|---|---|---|",
-        f"| upload | {t['api_upload_MBps']:.0f} MB/s | {t['s3_upload_MBps']:.0f} MB/s | "
-        f"{t['upload_ratio']:.2f}× |",
-        f"| download | {t['api_download_MBps']:.0f} MB/s | {t['s3_download_MBps']:.0f} MB/s | "
-        f"{t['download_ratio']:.2f}× |", "",
-        f"Peak RSS of the API process during the upload: {t['rss_above_idle_mb']:.0f} MB above idle "
-        "(goal < 150 MB). The API upload time includes receiving, hashing, loading and probing the module "
-        "(in a forkserver child, not counted in the API's RSS) and the S3 multipart upload.", "",
-        f"## Read latency, {latency['modules']} modules × 10 versions in PostgreSQL, in-process TestClient",
-        f"(load average {latency['load_average']:.1f} before, {latency['load_average_after']:.1f} after, "
-        "on 2 shared cores)", "",
-        "| request | p50 ms | p99 ms (goal < 20) | p99 ms before the read-path work |", "|---|---|---|---|",
-    ]
-    before = result["latency_before"] or {}
-    for label, v in latency.items():
-        if isinstance(v, dict):
-            old = before.get(label, {}).get("p99_ms")
-            lines.append(f"| `{label}` | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | "
-                         f"{'' if old is None else f'{old:.2f}'} |")
-    lines += ["", "Read path: a version is resolved with one index probe on (module_id, version) and its "
-              "module attached from the row already loaded (no JOIN); a module page is one query (latest "
-              "version by a correlated index-only max). Rerun: `python -m bench.registry --latency-only`."]
+              "throughput": throughput, "latency": latency, "before": before}
+    saved.write_text(json.dumps(result, indent=2))
+    lines = report(result)  # bench/registry_report.py
     (RESULTS / "registry.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

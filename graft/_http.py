@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import json
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,7 +85,8 @@ class Http:
 
         A redirect to another host (the server's presigned S3 URL) is fetched without this client's
         headers: the bearer token is a secret for the Graft server only, and the URL carries its own
-        signature (S3 refuses a request that holds both).
+        signature (S3 refuses a request that holds both). Without a proxy in the way, that fetch uses
+        the standard library's reader (`fetch_plain`), which moves bytes about twice as fast as httpx.
         """
         url: httpx.URL | str = path
         client_headers, status = True, 0
@@ -94,6 +97,8 @@ class Http:
                         target = resp.url.join(resp.headers["location"])
                         client_headers = client_headers and _same_origin(target, resp.url)
                         url, status = target, resp.status_code
+                        if not client_headers and not _proxied(target):
+                            return fetch_plain(target, dest, timeout=self._client.timeout.read)
                         continue
                     if resp.status_code >= 400:
                         resp.read()
@@ -114,6 +119,43 @@ class Http:
 
 
 MAX_REDIRECTS = 5
+PLAIN_READ = 1 << 20
+
+
+def fetch_plain(url: httpx.URL, dest: Any, *, timeout: float | None) -> int:
+    """GET `url` with http.client, sending nothing but the URL, into `dest`; bytes written.
+
+    httpx reads a body 64 KiB at a time through its HTTP parser; here each read fills a 1 MiB buffer
+    straight from the socket, which on the registry benchmark's 256 MB artifact is ~2x the speed.
+    """
+    cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = cls(url.host, url.port, timeout=timeout)
+    try:
+        conn.request("GET", url.raw_path.decode("ascii"))  # the path with its (signed) query
+        resp = conn.getresponse()
+        if resp.status != 200:
+            text = resp.read(2000).decode("utf-8", "replace").strip()
+            raise GraftError(resp.status, f"the artifact store refused the download: {text[:300]}")
+        expected = resp.getheader("content-length")
+        view, written = memoryview(bytearray(PLAIN_READ)), 0
+        while n := resp.readinto(view):
+            dest.write(view[:n])
+            written += n
+    except (OSError, http.client.HTTPException) as exc:
+        raise GraftError(0, f"cannot fetch the artifact from {url.host} ({type(exc).__name__}); "
+                            "retry, or check that this machine can reach the artifact store") from None
+    finally:
+        conn.close()
+    if expected is not None and written != int(expected):  # readinto does not flag a cut-off body
+        raise GraftError(0, f"the download from {url.host} stopped after {written} of {expected} bytes; "
+                            "retry")
+    return written
+
+
+def _proxied(url: httpx.URL) -> bool:
+    """Whether the environment routes `url` through a proxy (then httpx, which honours it, fetches)."""
+    proxies = urllib.request.getproxies()
+    return bool(proxies.get(url.scheme) or proxies.get("all")) and not urllib.request.proxy_bypass(url.host)
 
 
 def _same_origin(a: httpx.URL, b: httpx.URL) -> bool:

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.storage import key_for
+from app.storage.s3_stream import S3MultipartPut
 from app.storage.sweeper import sweep_orphans
 from tests.app.test_modules import make_module
 from tests.conftest import ADMIN_TOKEN
@@ -53,10 +54,10 @@ def s3_api(seaweedfs, pg_database, tmp_path):
 
 @pytest.fixture
 def s3_calls(s3_api, monkeypatch) -> dict[str, int]:
-    """How many times the store called each multipart operation (the streaming really happened)."""
+    """How many multipart uploads the store began and aborted, and how many parts it stored."""
     client = s3_api.app.state.store.client
-    calls = {"create_multipart_upload": 0, "upload_part": 0, "abort_multipart_upload": 0}
-    for name in calls:
+    calls = {"create_multipart_upload": 0, "abort_multipart_upload": 0, "part": 0}
+    for name in ("create_multipart_upload", "abort_multipart_upload"):
         real = getattr(client, name)
 
         def counted(*args, _real=real, _name=name, **kwargs):  # noqa: ANN002, ANN003, ANN202
@@ -64,6 +65,14 @@ def s3_calls(s3_api, monkeypatch) -> dict[str, int]:
             return _real(*args, **kwargs)
 
         monkeypatch.setattr(client, name, counted)
+    real_put = S3MultipartPut._put_part
+
+    def counted_part(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        etag = real_put(self, *args, **kwargs)
+        calls["part"] += 1
+        return etag
+
+    monkeypatch.setattr(S3MultipartPut, "_put_part", counted_part)
     return calls
 
 
@@ -88,8 +97,12 @@ def assert_nothing_left(api, sha256: str) -> None:
     assert not list((api.app.state.settings.data_dir / "incoming").glob("*"))
 
 
-def test_streamed_upload_then_download_through_a_presigned_redirect(s3_api, big, monkeypatch) -> None:
+@pytest.mark.parametrize("sender", ["sendfile", "boto3"])
+def test_streamed_upload_then_presigned_download(s3_api, s3_calls, big, monkeypatch, sender: str) -> None:
+    """Parts go by sendfile to presigned part URLs, or through boto3 when a proxy is configured."""
     store = s3_api.app.state.store
+    if sender == "boto3":
+        monkeypatch.setattr("app.storage.s3_stream._proxied", lambda url: True)
     sha = hashlib.sha256(big).hexdigest()
 
     def no_second_put(path, key):  # noqa: ANN001
@@ -100,6 +113,8 @@ def test_streamed_upload_then_download_through_a_presigned_redirect(s3_api, big,
     assert resp.status_code == 201, resp.text
     assert (resp.json()["sha256"], resp.json()["size"]) == (sha, len(big))
     assert store.exists(key_for(sha)) and incomplete_uploads(s3_api) == []
+    assert s3_calls["create_multipart_upload"] == 1 and s3_calls["abort_multipart_upload"] == 0
+    assert s3_calls["part"] == (2 if sender == "sendfile" else 0)  # 5 MiB + the rest
     assert send(s3_api, big, sha).status_code == 200  # same bytes again: the same version, nothing sent
 
     redirect = s3_api.get("/v1/modules/big/versions/1/artifact", follow_redirects=False)
@@ -180,7 +195,7 @@ def test_a_failed_streamed_upload_leaves_nothing(s3_api, s3_calls, live, big, ca
     elif case == "too_large":
         # Under the early Content-Length check (limit + framing allowance), over the limit mid-stream.
         s3_api.app.state.settings.max_upload_bytes = len(big) - 1024 * 1024
-    status = raw_upload(live, meta, big, gate=lambda: s3_calls["upload_part"] >= 1,
+    status = raw_upload(live, meta, big, gate=lambda: s3_calls["part"] >= 1,
                         finish=case != "client_gone")
     assert status == {"wrong_digest": 422, "refused_artifact": 422, "too_large": 413}.get(case)
     # The abort runs as the request ends, which for a vanished client is after we stopped looking.
