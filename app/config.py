@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     """Time limit for loading an uploaded artifact and running it once on zeros."""
     probe_max_elements: int = 64 * 1024 * 1024
     """Largest input tensor (elements) the shape probe may allocate."""
+    probe_max_memory_bytes: int = 4 * 1024**3
+    """Memory the load-and-probe child may take beyond torch itself, plus twice the artifact's size
+    (room for its weights): a module that wants more is refused with a 422. 0: no limit."""
     job_max_attempts: int = 3
     """Deliveries of one job before it is marked failed (a worker killed mid-job redelivers it)."""
     job_visibility_timeout_s: int = 6 * 3600

@@ -58,6 +58,18 @@ class PickledArtifact(ArtifactError):
     """The file is a pickle (`torch.save`), which Graft refuses to load (415)."""
 
 
+class OutOfMemory(ArtifactError):
+    """Loading or running the module could not allocate memory (under a memory limit, or the machine's)."""
+
+
+# How torch's CPU allocator and the C++ runtime word a failed allocation (errno 12, ENOMEM).
+_OUT_OF_MEMORY = ("can't allocate memory", "Cannot allocate memory", "std::bad_alloc")
+
+
+def _is_out_of_memory(exc: BaseException | None) -> bool:
+    return isinstance(exc, MemoryError) or any(m in str(exc) for m in _OUT_OF_MEMORY)
+
+
 def _zip_names(path: Path) -> tuple[str, list[str]] | None:
     """(common prefix, member names below it) of a zip file, or None when it is not a zip."""
     if not zipfile.is_zipfile(path):
@@ -190,6 +202,8 @@ def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
     except ArtifactError:
         raise
     except Exception as exc:  # torch raises many types for a file that does not load
+        if _is_out_of_memory(exc):
+            raise OutOfMemory("loading the module ran out of memory") from None
         raise ArtifactError(f"the {format} file does not load: {_short(exc)}") from None
     try:
         module.eval()
@@ -251,6 +265,8 @@ def probe_output_shape(module: nn.Module, input_shape: list[int | None]) -> list
                 )
             shape[0] = None
         return shape
+    if _is_out_of_memory(last):
+        raise OutOfMemory(f"running the module on zeros of input_shape {input_shape} ran out of memory")
     raise ArtifactError(f"the module fails on zeros of input_shape {input_shape}: {_short(last)}")
 
 

@@ -1,14 +1,18 @@
-"""Load and probe an uploaded artifact in a child process: time-limited, and its memory is not ours.
+"""Load and probe an uploaded artifact in a child process: time- and memory-limited, its memory not ours.
 
 A torch op cannot be interrupted inside a thread, so the only honest time limit is a process that can
-be killed. Children fork from a forkserver that has already imported torch and loaded one tiny
-torch_export program (the first `torch.export.load` of a process pulls in ~2-5 s of lazy imports), so
-each probe starts in milliseconds; the API process never holds the artifact's weights.
+be killed. The memory limit is the child's address space (RLIMIT_AS, set before it loads anything):
+a module whose weights or forward pass want more fails its allocation inside the child, which reports
+it, and the API process never sees the allocation. Children fork from a forkserver that has already
+imported torch and loaded one tiny torch_export program (the first `torch.export.load` of a process
+pulls in ~2-5 s of lazy imports), so each probe starts in milliseconds; the API process never holds
+the artifact's weights.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
 import threading
 from pathlib import Path
@@ -62,17 +66,34 @@ def _ctx():
     return _context
 
 
-def _child(conn, path: str, format: str, arch: dict | None, input_shape: list) -> None:  # noqa: ANN001
+def _limit_memory(extra_bytes: int) -> None:
+    """Cap this process's address space at what it maps now (torch, warm imports) plus `extra_bytes`."""
+    import resource
+
+    try:
+        mapped = int(Path("/proc/self/statm").read_text().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:  # no /proc (not Linux): the time limit still holds, the memory limit cannot
+        return
+    limit = mapped + extra_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _child(conn, path: str, format: str, arch: dict | None, input_shape: list,  # noqa: ANN001
+           max_memory_bytes: int | None) -> None:
     import torch
 
     from transplant import artifacts
 
     torch.set_num_threads(1)
     try:
+        if max_memory_bytes:
+            _limit_memory(max_memory_bytes)
         module = artifacts.load_module(Path(path), format, arch)
         conn.send(("ok", artifacts.probe_output_shape(module, input_shape)))
     except artifacts.PickledArtifact as exc:
         conn.send(("pickled", str(exc)))
+    except (artifacts.OutOfMemory, MemoryError) as exc:
+        conn.send(("memory", str(exc)))
     except artifacts.ArtifactError as exc:
         conn.send(("error", str(exc)))
     except BaseException as exc:  # noqa: BLE001 - anything else is still the artifact's fault
@@ -82,12 +103,17 @@ def _child(conn, path: str, format: str, arch: dict | None, input_shape: list) -
 
 
 def probe_artifact(
-    path: Path, format: str, arch: dict | None, input_shape: list, *, timeout_s: float
+    path: Path, format: str, arch: dict | None, input_shape: list, *, timeout_s: float,
+    max_memory_bytes: int | None = None,
 ) -> list[int | None]:
-    """Output shape of the artifact run once on zeros of `input_shape`; ProbeFailed otherwise."""
+    """Output shape of the artifact run once on zeros of `input_shape`; ProbeFailed otherwise.
+
+    `max_memory_bytes`: memory the child may take beyond what it maps at start (None: no limit).
+    """
     ctx = _ctx()
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, str(path), format, arch, list(input_shape)), daemon=True)
+    args = (child, str(path), format, arch, list(input_shape), max_memory_bytes)
+    proc = ctx.Process(target=_child, args=args, daemon=True)
     proc.start()
     child.close()
     try:
@@ -107,6 +133,10 @@ def probe_artifact(
         proc.join(5)
     if status == "ok":
         return value
+    if status == "memory":
+        limit = (f"the probe's memory limit of {max_memory_bytes / 2**20:.0f} MiB "
+                 "(GRAFT_PROBE_MAX_MEMORY_BYTES)" if max_memory_bytes else "the memory available")
+        raise ProbeFailed(f"{value or 'the module ran out of memory'}: it needs more than {limit}")
     raise ProbeFailed(value, pickled=status == "pickled")
 
 

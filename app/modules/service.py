@@ -217,8 +217,10 @@ def _probe(settings: Settings, path: Path, meta: VersionMeta) -> list[int | None
             f"of {settings.probe_max_elements} (GRAFT_PROBE_MAX_ELEMENTS); check the shape."
         )
     try:
+        memory = settings.probe_max_memory_bytes
         return probe_artifact(
-            path, meta.format, meta.arch, meta.input_shape, timeout_s=settings.probe_timeout_s
+            path, meta.format, meta.arch, meta.input_shape, timeout_s=settings.probe_timeout_s,
+            max_memory_bytes=memory + 2 * path.stat().st_size if memory else None,
         )
     except ProbeFailed as exc:
         if exc.pickled:
