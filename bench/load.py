@@ -254,6 +254,18 @@ def _markdown(r: dict, args: argparse.Namespace) -> str:
         f"exactly one adapter version: {ck['succeeded_jobs_without_exactly_one_version']}",
         f"- tracebacks in the server and worker logs: {r['tracebacks_in_logs']}",
     ]
+    lines += [
+        "",
+        "Defects that earlier runs of this script found, fixed in the service (each with a test):",
+        "",
+        "- two workers finishing jobs into the same new `result_module` raced to create it; the loser's job "
+        "failed (\"A module called … already exists\"). Now `get_or_create_module` "
+        "(tests/hardening/test_concurrent_registration.py).",
+        "- torch.export is not thread-safe: this script's own upload clients failed saving at once, and the "
+        "service's export path has the same race (reproduced with threads: 7 of 9 concurrent exports "
+        "failed, \"Trying to pop empty mode stack\", which the export route answers as a 422; not seen "
+        "over HTTP in a run). Now one process-wide lock (tests/hardening/test_concurrent_exports.py).",
+    ]
     if r["error_samples"]:
         lines += ["", "First errors:", ""] + [f"- `{s}`" for s in r["error_samples"]]
     return "\n".join(lines) + "\n"
