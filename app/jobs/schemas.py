@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 Ref = str | dict[str, Any]
 """A module version: "name@N" | "name@alias" | "name" (latest) | {"name", "version"}."""
@@ -59,6 +59,23 @@ class AutoBudgetOptions(BaseModel):
     trial_fraction: float | None = Field(
         None, gt=0, lt=1, description="Share of the post-super-net steps spent on the finalists' trials."
     )
+    selection: Literal["race", "halving"] | None = Field(
+        None, description="How the finalists are cut to one: one round (race) or successive halving, the "
+        "survivors continuing where they stopped (halving)."
+    )
+    stratify: StrictBool | None = Field(
+        None, description="Finalists taken round-robin over depths instead of the best overall."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Names every allowed key (pydantic's extra="forbid" says only "Extra inputs are not permitted").
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(cls.model_fields))
+            if unknown:
+                raise ValueError(f"unknown budget keys {unknown}; the keys are {', '.join(cls.model_fields)}")
+        return data
 
 
 class AutoOptions(BaseModel):

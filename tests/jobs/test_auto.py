@@ -114,9 +114,9 @@ def test_plain_auto_string_is_normalised(embedded_api, embedded_world: World) ->
 
 
 CASES = [
-    ({"auto": {"budget": {"stepz": 3}}}, "adapter.auto.budget.stepz"),
+    ({"auto": {"budget": {"stepz": 3}}}, "unknown budget keys ['stepz']"),
     ({"auto": {"budget": {"steps": "many"}}}, "adapter.auto.budget.steps"),
-    ({"auto": {"budget": {"out_shape": [4, 6, 6]}}}, "adapter.auto.budget.out_shape"),
+    ({"auto": {"budget": {"out_shape": [4, 6, 6]}}}, "unknown budget keys ['out_shape']"),
     ({"auto": {"budget": {"depths": [0]}}}, "adapter.auto.budget.depths.0"),
     ({"auto": {"budget": {"kernels": [2]}}}, "No adapter search maps"),
     ({"auto": {"budget": {"supernet_fraction": 1.5}}}, "adapter.auto.budget.supernet_fraction"),
@@ -126,6 +126,8 @@ CASES = [
     ({"auto": {"budget": {"sampling": "greedy"}}}, "adapter.auto.budget.sampling"),
     ({"auto": {"budget": {"finalists": 0}}}, "adapter.auto.budget.finalists"),
     ({"auto": {"budget": {"trial_fraction": 1}}}, "adapter.auto.budget.trial_fraction"),
+    ({"auto": {"budget": {"selection": "best"}}}, "adapter.auto.budget.selection"),
+    ({"auto": {"budget": {"stratify": "yes"}}}, "adapter.auto.budget.stratify"),
 ]
 
 
@@ -136,3 +138,29 @@ def test_bad_auto_budgets_are_refused_before_queueing(embedded_api, embedded_wor
     assert resp.status_code == 422, resp.text
     assert detail in resp.json()["detail"]
     assert _jobs(embedded_api) == before
+
+
+def test_unknown_budget_key_is_answered_with_every_allowed_key(embedded_api, embedded_world) -> None:
+    resp = embedded_api.post("/v1/transplants", json={
+        **embedded_world.refs(), "adapter": {"auto": {"budget": {"rounds": 3}}},
+    })
+    assert resp.status_code == 422, resp.text
+    keys = resp.json()["detail"].split("the keys are ")[1]
+    for key in ("steps", "supernet_fraction", "finalists", "trial_fraction", "selection", "stratify"):
+        assert key in keys
+
+
+def test_halving_budget_runs_rounds_in_the_worker(embedded_api, embedded_world: World) -> None:
+    budget = {**BUDGET, "kernels": [1, 3], "selection": "halving", "stratify": True, "finalists": 4,
+              "trial_fraction": 0.5}
+    job = wait_for(embedded_api, transplant(
+        embedded_api, embedded_world, adapter={"auto": {"budget": budget}}, result_module="auto-sh", epochs=5,
+        train=TRAIN,
+    ), final)
+    assert job["status"] == "succeeded", job["error"]
+    assert job["request"]["adapter"] == {"auto": {"budget": budget}}
+    search = job["result"]["metrics"]["search"]
+    # 9 super-net steps, 21 left, 10 for the rounds: 4 finalists × 1 step, then 2 × 2 steps.
+    assert search["selection"] == "halving" and search["race_steps"] == 8
+    assert [r["round"] for r in search["race"]] == [0, 0, 0, 0, 1, 1]
+    assert {r["phase"] for r in job["history"]} == {"supernet", "race", "finetune"}

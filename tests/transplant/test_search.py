@@ -9,8 +9,11 @@ from torch import nn
 from tests.transplant.conftest import tiny_nets
 from transplant import Cancelled, TrainConfig
 from transplant.adapters import adapter_spec, build_adapter, load_adapter, save_adapter
+from transplant.run import _objective
 from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
+from transplant.search.select import pick_finalists, schedule
 from transplant.search.space import Candidate
+from transplant.search.stages import Stepper
 
 SMALL = dict(widths=(4, 8), depths=(1, 2, 3), kernels=(1, 3))
 FAST = TrainConfig(batch_size=8, lr=1e-2, val_fraction=0.25, patience=2)
@@ -207,7 +210,8 @@ def test_budget_is_validated():
     f, g_t, g_s = tiny_nets()
     with pytest.raises(ValueError):
         run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget={"stepz": 3})
-    for bad in ({"finalists": 0}, {"trial_fraction": 1.0}, {"sampling": "nope"}):
+    for bad in ({"finalists": 0}, {"trial_fraction": 1.0}, {"sampling": "nope"}, {"selection": "best"},
+                {"stratify": "yes"}):
         with pytest.raises(ValueError):
             run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget=bad)
 
@@ -228,3 +232,73 @@ def test_sampling_is_fair_over_children():
     assert space.largest() == Candidate(3, 8, 3, True)
     with pytest.raises(ValueError):
         space.sample(gen, "nope")
+
+
+def test_halving_schedule_spends_equal_rounds_within_the_trial_steps():
+    assert schedule(8, 84, "halving") == [(8, 3), (4, 7), (2, 14)]
+    assert schedule(5, 60, "halving") == [(5, 4), (3, 6), (2, 10)]  # 5 → 3 → 2 → 1
+    assert schedule(4, 42, "race") == [(4, 10)]
+    assert schedule(1, 50, "halving") == [] and schedule(4, 3, "race") == []
+    for n, steps in ((8, 84), (5, 60), (3, 7), (16, 200)):
+        assert sum(m * k for m, k in schedule(n, steps, "halving")) <= steps
+
+
+def test_stepper_resumes_exactly_where_it_stopped():
+    # Rounds of successive halving must continue one training run, not restart it: 2 + 4 steps
+    # in two calls equal 6 steps in one (same optimiser state, same data order).
+    _, g_t, g_s = tiny_nets()
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
+    torch.manual_seed(0)
+    a = _perturbed(build_adapter(space.config(Candidate(2, 8, 3, True))))
+    b = copy.deepcopy(a)
+    feats = torch.randn(20, 4, 6, 6)
+    data = [feats, g_t(feats).detach(), torch.zeros(20)]
+    runs = []
+    for h in (a, b):
+        obj = _objective("back_distillation", h, g_s, g_t, FAST, torch.Generator().manual_seed(3))
+        runs.append(Stepper(h, obj, FAST, data, seed=1))
+    runs[0].run(6)
+    runs[1].run(2)
+    rec = runs[1].run(4)
+    assert rec["own_steps"] == 6 and rec["step"] == 4
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_successive_halving_continues_the_survivors():
+    f, g_t, g_s = tiny_nets()
+    x = torch.randn(24, 3, 6, 6)
+    budget = {"steps": 60, "supernet_fraction": 0.3, "finalists": 4, "trial_fraction": 0.5,
+              "selection": "halving", **SMALL}
+    res = run_auto_transplant(f, g_t, g_s, x, budget=budget, train=FAST)
+    s = res.metrics["search"]
+    # 18 super-net steps, 42 left, 21 for the rounds: 4 × 2 steps, then 2 × 5.
+    assert s["selection"] == "halving" and s["supernet_steps"] == 18 and s["race_steps"] == 8 + 10
+    first = [r for r in s["race"] if r["round"] == 0]
+    second = [r for r in s["race"] if r["round"] == 1]
+    assert len(first) == 4 and len(second) == 2
+    # The better half by held-out loss after round 0 goes on, continuing its own training.
+    better_half = sorted(first, key=lambda r: r["raced_score"])[:2]
+    assert {r["name"] for r in second} == {r["name"] for r in better_half}
+    assert all(r["own_steps"] == 2 + 5 for r in second)
+    kept = min(second, key=lambda r: r["raced_score"])
+    assert s["chosen_score"] == kept["score"] and res.metrics["val_loss"] <= kept["raced_score"]
+    assert res.metrics["steps"] == 18 + 18 + s["finetune_steps"] <= 60
+
+
+def test_stratified_finalists_come_from_every_depth():
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
+    torch.manual_seed(0)
+    net = SuperNet(space)
+    # Inherited scores that favour the single-layer children, as depth-first sampling does.
+    ranked = sorted(((c, float(c.layers * 10 + i)) for i, c in enumerate(space.candidates())),
+                    key=lambda cs: cs[1])
+    plain = pick_finalists(ranked, [], 3, net)
+    assert [p["child"].layers for p in plain] == [1, 1, 2]
+    strat = pick_finalists(ranked, [], 3, net, stratify=True)
+    assert sorted(p["child"].layers for p in strat) == [1, 2, 3]
+    assert [p["score"] for p in strat] == sorted(p["score"] for p in strat)
+    # A warm start that beats every child keeps its place among the finalists.
+    warm = [{"name": "w", "score": -1.0, "module": net.extract(ranked[0][0]), "config": None}]
+    with_warm = pick_finalists(ranked, warm, 3, net, stratify=True)
+    assert with_warm[0]["warm"] == "w" and len(with_warm) == 3

@@ -6,6 +6,7 @@ import dataclasses
 
 SPACE_KEYS = ("depths", "widths", "kernels", "skips")
 SAMPLINGS = ("uniform", "sandwich", "depth")
+SELECTIONS = ("race", "halving")
 
 
 @dataclasses.dataclass
@@ -36,6 +37,13 @@ class AutoBudget:
     much of that bias for a small share of the budget."""
     trial_fraction: float = 0.3
     """Share of the post-super-net steps spent on the finalists' trials (split evenly among them)."""
+    selection: str = "race"
+    """How the finalists are cut to one: "race" (one round, the lowest held-out loss after the same
+    few steps each) or "halving" (successive halving: rounds of equal step totals, the better half by
+    held-out loss goes on and continues training where it stopped)."""
+    stratify: bool = False
+    """Pick the finalists round-robin over depths (best inherited loss within each depth first)
+    instead of the best overall, so that children the super-net trained less get into the race."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 
@@ -57,4 +65,8 @@ class AutoBudget:
             raise ValueError(f"unknown sampling {b.sampling!r}; use one of {SAMPLINGS}")
         if b.finalists < 1 or not 0.0 < b.trial_fraction < 1.0:
             raise ValueError("finalists must be ≥ 1 and trial_fraction in (0, 1)")
+        if b.selection not in SELECTIONS:
+            raise ValueError(f"unknown selection {b.selection!r}; use one of {SELECTIONS}")
+        if not isinstance(b.stratify, bool):
+            raise ValueError("stratify must be true or false")
         return b
