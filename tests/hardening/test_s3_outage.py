@@ -106,4 +106,5 @@ def test_s3_down_upload_503_no_row_then_downloads_after_restart(weed: Weed, pg_d
         assert got.status_code == 200
         assert hashlib.sha256(got.content).hexdigest() == hashlib.sha256(first).hexdigest()
         again = upload(api, "bird-f", second)
-        assert again.status_code == 201, again.text and again.json()["version"] == 2
+        assert again.status_code == 201, again.text
+        assert again.json()["version"] == 2
