@@ -7,9 +7,10 @@ from typing import Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
 
-from app.deps import ReadAuth, SessionDep, WriteAuth
+from app.deps import ReadAuth, SessionDep, SettingsDep, WriteAuth
 from app.jobs import service
 from app.jobs.events import job_events
+from app.jobs.runtime import ping_queue
 from app.jobs.schemas import AmalgamationCreate, JobDetail, JobList, JobQueued, JobRead, TransplantCreate
 
 router = APIRouter(tags=["jobs"])
@@ -17,18 +18,27 @@ router = APIRouter(tags=["jobs"])
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 
-@router.post("/v1/transplants", status_code=202, response_model=JobQueued)
-def create_transplant(body: TransplantCreate, session: SessionDep, principal: WriteAuth) -> JobQueued:
+_QUEUE_DOWN = {503: {"description": "The job queue is unreachable; nothing was queued, retry later."}}
+
+
+@router.post("/v1/transplants", status_code=202, response_model=JobQueued, responses=_QUEUE_DOWN)
+def create_transplant(
+    body: TransplantCreate, session: SessionDep, settings: SettingsDep, principal: WriteAuth
+) -> JobQueued:
     """Queue a transplant job; everything is checked first, the job leaves after the commit."""
     job = service.create_transplant(session, body, owner_token_id=principal.token_id)
+    ping_queue(settings)  # a 503 now rolls the job back: nothing is accepted that cannot be sent
     session.commit()
     return JobQueued(job_id=job.id, status=job.status)
 
 
-@router.post("/v1/amalgamations", status_code=202, response_model=JobQueued)
-def create_amalgamation(body: AmalgamationCreate, session: SessionDep, principal: WriteAuth) -> JobQueued:
+@router.post("/v1/amalgamations", status_code=202, response_model=JobQueued, responses=_QUEUE_DOWN)
+def create_amalgamation(
+    body: AmalgamationCreate, session: SessionDep, settings: SettingsDep, principal: WriteAuth
+) -> JobQueued:
     """Queue an amalgamation job (one student from several teachers); checked first, sent after commit."""
     job = service.create_amalgamation(session, body, owner_token_id=principal.token_id)
+    ping_queue(settings)
     session.commit()
     return JobQueued(job_id=job.id, status=job.status)
 

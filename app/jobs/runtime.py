@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.config import Settings
 from app.db.base import utcnow
+from app.errors import BackendUnavailable
 from app.jobs import repository
 from app.jobs.context import JobContext
 from app.jobs.dispatch import JOB_QUEUE, Dispatch, set_dispatch, task_for_kind, task_module
@@ -83,6 +84,24 @@ def celery_client(settings: Settings):  # noqa: ANN201 (celery is imported lazil
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2},
     )
     return client
+
+
+def ping_queue(settings: Settings) -> None:
+    """Raise `BackendUnavailable` if a Redis broker is configured and does not answer (embedded: no-op)."""
+    url = settings.broker_url
+    if not url or not url.startswith(("redis://", "rediss://")):
+        return
+    import redis
+
+    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError:
+        raise BackendUnavailable(
+            "The job queue (Redis) is unreachable right now, so nothing was queued; retry in a moment."
+        ) from None
+    finally:
+        client.close()
 
 
 def marking_sent(factory: sessionmaker[Session], send: Dispatch) -> Dispatch:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
+from app.jobs.runtime import ping_queue
 from app.ops.metrics import REGISTRY
 
 log = logging.getLogger(__name__)
@@ -19,16 +20,6 @@ router = APIRouter(tags=["operations"])
 def healthz() -> dict:
     """The process is up."""
     return {"status": "ok"}
-
-
-def _check_queue(url: str) -> None:
-    import redis
-
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
-    try:
-        client.ping()
-    finally:
-        client.close()
 
 
 @router.get("/readyz", responses={503: {"description": "A backend is unreachable; `checks` says which."}})
@@ -52,7 +43,7 @@ def readyz(request: Request) -> JSONResponse:
     broker = state.settings.broker_url
     if broker and broker.startswith(("redis://", "rediss://")):
         try:
-            _check_queue(broker)
+            ping_queue(state.settings)
             checks["queue"] = "ok"
         except Exception as exc:
             log.warning("readyz: queue: %s", exc)
