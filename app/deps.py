@@ -28,10 +28,17 @@ async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+_READS = frozenset(("GET", "HEAD"))
+
+
 async def get_db(request: Request) -> AsyncIterator[Session]:
-    """One session per request; the route commits once at its end, anything uncommitted is rolled back."""
+    """One session per request; the route commits once at its end, anything uncommitted is rolled back.
+
+    GET and HEAD requests, which never write, get an autocommit session (no BEGIN/ROLLBACK round trips).
+    """
+    state = request.app.state
     # Making a session does no I/O: it takes a pooled connection only at its first query.
-    session = request.app.state.sessionmaker()
+    session = (state.read_sessionmaker if request.method in _READS else state.sessionmaker)()
     try:
         yield session
     finally:
@@ -59,8 +66,8 @@ def _bearer(request: Request) -> str | None:
 
 def _lookup(request: Request, raw: str | None) -> Principal:
     settings: Settings = request.app.state.settings
-    # A short-lived session of its own: auth must not share the route's transaction.
-    with request.app.state.sessionmaker() as session:
+    # A short-lived session of its own, outside the route's transaction; the lookup only reads.
+    with request.app.state.read_sessionmaker() as session:
         return authenticate(session, raw, bootstrap=settings.bootstrap_token)
 
 

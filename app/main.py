@@ -14,7 +14,7 @@ from app.compositions.router import router as compositions_router
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
 from app.db import migrate
-from app.db.session import make_engine, make_sessionmaker
+from app.db.session import make_engine, make_read_sessionmaker, make_sessionmaker
 from app.errors import install_error_handlers
 from app.jobs.router import router as jobs_router
 from app.logging import RequestIdMiddleware, configure_logging
@@ -55,6 +55,7 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     app.state.settings = settings
     app.state.engine = engine
     app.state.sessionmaker = make_sessionmaker(engine)
+    app.state.read_sessionmaker = make_read_sessionmaker(engine)  # GET requests (app/deps.py)
     app.state.store = open_store(settings)
     app.state.job_metrics = job_registry(engine)
     install_error_handlers(app)

@@ -64,3 +64,15 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     factory = sessionmaker(bind=engine, expire_on_commit=False, autoflush=False)
     attach_job_buffer(factory)
     return factory
+
+
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for requests that only read (GET): each statement runs on its own, no transaction.
+
+    A read-only request in a transaction pays two extra round trips (BEGIN, then ROLLBACK when the
+    session closes) for nothing: at PostgreSQL's READ COMMITTED every statement takes its own snapshot
+    anyway, so autocommit reads see exactly what they would inside the transaction. Same pool.
+    """
+    return sessionmaker(
+        bind=engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False, autoflush=False
+    )
