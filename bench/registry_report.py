@@ -84,7 +84,8 @@ def report(result: dict) -> list[str]:
               "machine moves it far less than the wall times."]
     lines += ["", "Read path: no-I/O dependencies run on the event loop (FastAPI runs each `def` dependency "
               "in a thread: one hop each), pooled connections are pinged only after 10 s idle instead of "
-              "on every checkout, a version with its module and aliases is one query, a module page is "
-              "selected as columns, and responses are serialised once. Rerun: "
+              "on every checkout, GET requests read in autocommit (no BEGIN/ROLLBACK round trips), a version "
+              "with its module and aliases is one query, a module page is selected as columns, and "
+              "responses are serialised once. Rerun: "
               "`python -m bench.registry --latency-only`."]
     return lines
