@@ -1,16 +1,21 @@
 """How the auto defaults were chosen: budget variants on dev worlds that bench.search never reports.
 
-    python -m bench.search_dev 100 101 102 103            # with the 26 fixed candidates (≈ 5 min)
-    python -m bench.search_dev --no-fixed 104 105 106     # auto variants only
+    python -m bench.search_dev 100 101 ... 109 --variants D SH8 ...   # auto variants (+ fixed, cached)
+    python -m bench.search_dev --summary                               # the table, from the stored runs
 
 Same worlds, training settings and 1024-input fresh test split as bench.search, at seeds 100+.
-Writes bench/results/search-dev-<seeds>.json; search.md summarises the runs behind the defaults.
+The 26 fixed candidates of each dev world are trained once and cached in search-dev-fixed.json
+(bench.search_curves stores the same runs); every auto variant's result per world is kept in
+search-dev-auto.json, so variants can be added later and compared on the same worlds.
+The first round's raw data (variants A-J) is in search-dev-100_101_102_103.json and
+search-dev-104_105_106_107_108_109.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics as st
 import time
 
 import torch
@@ -21,11 +26,12 @@ from transplant.run import run_transplant
 from transplant.search import SearchSpace, run_auto_transplant
 from transplant.world import build_world
 
+D = dict(sampling="depth", supernet_fraction=0.3, finalists=4, trial_fraction=0.3)
 VARIANTS = {
     "A depth .5": dict(sampling="depth", supernet_fraction=0.5, finalists=1),
     "B depth .3": dict(sampling="depth", supernet_fraction=0.3, finalists=1),
     "C depth .5 k4": dict(sampling="depth", supernet_fraction=0.5, finalists=4, trial_fraction=0.3),
-    "D depth .3 k4": dict(sampling="depth", supernet_fraction=0.3, finalists=4, trial_fraction=0.3),
+    "D depth .3 k4": D,
     "E depth .5 k3 t.5": dict(sampling="depth", supernet_fraction=0.5, finalists=3, trial_fraction=0.5),
     "F unif .5 k4": dict(sampling="uniform", supernet_fraction=0.5, finalists=4, trial_fraction=0.3),
     "G depth .4 k6 t.4": dict(sampling="depth", supernet_fraction=0.4, finalists=6, trial_fraction=0.4),
@@ -34,6 +40,28 @@ VARIANTS = {
     "J depth .3 k2": dict(sampling="depth", supernet_fraction=0.3, finalists=2, trial_fraction=0.3),
 }
 """A–G ran on dev worlds 100–103 with the fixed candidates; A, B, D, F, H, I, J on 104–109 without."""
+for _sf in (0.1, 0.15, 0.2, 0.3):
+    for _k in (4, 8, 12):
+        for _tf in (0.4, 0.5, 0.6):
+            VARIANTS[f"SH s{_sf} k{_k} t{_tf}"] = dict(
+                sampling="depth", supernet_fraction=_sf, finalists=_k, trial_fraction=_tf, selection="halving"
+            )
+            VARIANTS[f"SHS s{_sf} k{_k} t{_tf}"] = {**VARIANTS[f"SH s{_sf} k{_k} t{_tf}"], "stratify": True}
+    VARIANTS[f"R s{_sf} k4 t0.3"] = {**D, "supernet_fraction": _sf}
+    VARIANTS[f"SHU s{_sf} k8 t0.5"] = dict(
+        sampling="uniform", supernet_fraction=_sf, finalists=8, trial_fraction=0.5, selection="halving"
+    )
+"""Second round (this file's stores): successive halving (SH), depth-stratified finalists (SHS),
+uniform super-net sampling with halving (SHU) and the race with less super-net (R), each at
+super-net shares 0.1–0.3; see search.md."""
+FIXED = RESULTS / "search-dev-fixed.json"
+AUTO = RESULTS / "search-dev-auto.json"
+
+
+def _cfg(seed: int) -> TrainConfig:
+    return TrainConfig(
+        batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=200
+    )
 
 
 def run_seed(seed: int, variants: list[str], fixed: bool) -> dict:
@@ -45,9 +73,7 @@ def run_seed(seed: int, variants: list[str], fixed: bool) -> dict:
     d = w.data[cat]
     x = torch.cat([d.train.x, d.unlabelled.x])
     test = fresh_test(w, cat, 1024)
-    cfg = TrainConfig(
-        batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=200
-    )
+    cfg = _cfg(seed)
     space = SearchSpace.for_shapes(w.feature_shape, w.feature_shape, **SPACE)
     rec: dict = {"seed": seed, "fixed": {}, "auto": {}}
     for c in space.candidates() if fixed else []:
@@ -63,19 +89,60 @@ def run_seed(seed: int, variants: list[str], fixed: bool) -> dict:
     return rec
 
 
+def _load(path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def summary(names: list[str] | None = None) -> str:
+    """Each variant: mean test acc − the best-mean fixed candidate, and paired − D, over the dev worlds."""
+    fixed, auto = _load(FIXED), _load(AUTO)
+    seeds = sorted(s for s in fixed if s in auto)
+    labels = list(fixed[seeds[0]])
+    means = {lab: st.mean(fixed[s][lab]["acc"] for s in seeds) for lab in labels}
+    best = max(means, key=means.get)
+    lines = [f"dev worlds {seeds}; best-mean fixed {best} {means[best]:.2f} %; median fixed cpu "
+             f"{st.mean(st.median(v['cpu'] for v in fixed[s].values()) for s in seeds):.2f} s",
+             "| variant | worlds | mean acc % | − best-mean fixed | − D (paired) | cpu s | picks |",
+             "|---|---|---|---|---|---|---|"]
+    rows = []
+    for name in names or sorted({v for s in seeds for v in auto[s]}):
+        have = [s for s in seeds if name in auto[s]]
+        if not have:
+            continue
+        acc = [auto[s][name]["acc"] for s in have]
+        diff = [auto[s][name]["acc"] - fixed[s][best]["acc"] for s in have]
+        ref = "D depth .3 k4"
+        vs_d = [auto[s][name]["acc"] - auto[s][ref]["acc"] for s in have if ref in auto[s]]
+        sd = st.stdev(vs_d) if len(vs_d) > 1 else 0.0
+        picks = ", ".join(auto[s][name]["pick"] for s in have)
+        cpu = st.mean(auto[s][name]["cpu"] for s in have)
+        rows.append((st.mean(diff), f"| {name} | {len(have)} | {st.mean(acc):.2f} | {st.mean(diff):+.2f} | "
+                     f"{st.mean(vs_d):+.2f} ± {sd:.2f} | {cpu:.2f} | {picks} |"))
+    lines += [r for _, r in sorted(rows, key=lambda r: -r[0])]
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("seeds", type=int, nargs="+")
-    p.add_argument("--no-fixed", action="store_true")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    p.add_argument("seeds", type=int, nargs="*")
+    p.add_argument("--variants", nargs="*", default=["D depth .3 k4"])
+    p.add_argument("--summary", action="store_true")
     args = p.parse_args()
+    if args.summary:
+        print(summary())
+        return
+    if args.seeds and min(args.seeds) < 100:
+        raise SystemExit("dev worlds only: seeds 100 and above (0-9 are the reported worlds)")
     torch.set_num_threads(1)
-    runs = []
     for seed in args.seeds:
-        runs.append(run_seed(seed, args.variants, not args.no_fixed))
-        print(seed, {k: round(v["acc"], 1) for k, v in runs[-1]["auto"].items()}, flush=True)
-    out = RESULTS / f"search-dev-{'_'.join(map(str, args.seeds))}.json"
-    out.write_text(json.dumps(runs, indent=1))
+        fixed, auto = _load(FIXED), _load(AUTO)
+        rec = run_seed(seed, args.variants, str(seed) not in fixed)
+        if rec["fixed"]:
+            fixed[str(seed)] = rec["fixed"]
+            FIXED.write_text(json.dumps(fixed, indent=1))
+        auto.setdefault(str(seed), {}).update(rec["auto"])
+        AUTO.write_text(json.dumps(auto, indent=1))
+        print(seed, {k: round(v["acc"], 1) for k, v in rec["auto"].items()}, flush=True)
 
 
 if __name__ == "__main__":
