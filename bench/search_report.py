@@ -51,7 +51,8 @@ def _quality(runs: list[dict]) -> tuple[list[str], dict]:
         f"- **auto − best-mean fixed candidate ({best}): {_ms(diff, 2)} points** (paired over seeds; "
         f"goal ≥ −1.0: **{'met' if met else 'MISSED'}**). Auto's mean ranks **{rank}/{len(labels) + 1}** "
         "among the 26 fixed means and itself.",
-        f"- previous default (super-net 0.5, no race) − best-mean fixed: {_ms(diff_prev, 2)} points.",
+        "- previous default (one-round race of 4, super-net 0.3) − best-mean fixed: "
+        f"{_ms(diff_prev, 2)} points.",
         f"- auto − per-seed max of the 26 (optimistic oracle, selected on the test set): "
         f"{_ms(diff_oracle, 2)} points.",
         "",

@@ -152,7 +152,7 @@ def test_unknown_budget_key_is_answered_with_every_allowed_key(embedded_api, emb
 
 def test_halving_budget_runs_rounds_in_the_worker(embedded_api, embedded_world: World) -> None:
     budget = {**BUDGET, "kernels": [1, 3], "selection": "halving", "stratify": True, "finalists": 4,
-              "trial_fraction": 0.5}
+              "trial_fraction": 0.5, "supernet_fraction": 0.3}
     job = wait_for(embedded_api, transplant(
         embedded_api, embedded_world, adapter={"auto": {"budget": budget}}, result_module="auto-sh", epochs=5,
         train=TRAIN,

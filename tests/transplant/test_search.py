@@ -174,7 +174,8 @@ def test_race_trials_the_finalists_within_the_step_budget():
         def on_step_end(self, info):
             events.append((info["stage"], info["step"]))
 
-    budget = {"steps": 40, "supernet_fraction": 0.3, "finalists": 3, "trial_fraction": 0.5, **SMALL}
+    budget = {"steps": 40, "supernet_fraction": 0.3, "finalists": 3, "trial_fraction": 0.5,
+              "selection": "race", "stratify": False, **SMALL}
     res = run_auto_transplant(f, g_t, g_s, x, budget=budget, train=FAST, callbacks=[CB()])
     s = res.metrics["search"]
     # 12 super-net steps, then 28 left: 14 for the trials, 4 for each of the 3 finalists.
@@ -198,7 +199,8 @@ def test_warm_start_competes_in_the_race():
     good = _perturbed(build_adapter(space.config(Candidate(2, 6, 3, True))))
     g_t = _teacher_through(g_s, copy.deepcopy(good))
     warm = [("good", good, adapter_spec(space.config(Candidate(2, 6, 3, True))))]
-    budget = {"steps": 30, "finalists": 2, "trial_fraction": 0.5, **SMALL}
+    budget = {"steps": 30, "finalists": 2, "trial_fraction": 0.5, "selection": "race", "stratify": False,
+              **SMALL}
     x = torch.randn(24, 3, 6, 6)
     res = run_auto_transplant(f, g_t, g_s, x, budget=budget, warm_starts=warm, train=FAST)
     s = res.metrics["search"]
