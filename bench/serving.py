@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.serving_load import concurrent_load
 from transplant.adapters import build_adapter, fit_adapter_config, save_adapter
 from transplant.artifacts import load_module, save_module
 from transplant.compose import compose, parameter_bytes
@@ -46,6 +46,7 @@ RESULTS = Path(__file__).parent / "results"
 TOKEN = "bench-admin-token-0123456789"
 X_SHAPE = [None, 3, 32, 32]
 FEAT_SHAPE = [None, 32, 16, 16]
+CLIENTS = 32
 
 
 def nets() -> tuple[nn.Module, nn.Module]:
@@ -162,40 +163,6 @@ def p50_ms(fn, n: int) -> float:
     return statistics.median(times) * 1000
 
 
-def concurrent_throughput(server: Server, cid: str, clients: int, seconds: float) -> dict:
-    """Requests/s of `clients` threads each sending one-input requests back to back."""
-    body = npy(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
-    counts = [0] * clients
-    stop = threading.Event()
-    go = threading.Barrier(clients + 1)
-
-    def run(i: int) -> None:
-        with server.client() as c:
-            predict(c, cid, body)
-            go.wait()
-            while not stop.is_set():
-                predict(c, cid, body)
-                counts[i] += 1
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    for t in threads:
-        t.start()
-    with server.client() as c:
-        before = c.get("/v1/serving").json()["served"]
-    go.wait()
-    t0 = time.perf_counter()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - t0
-    with server.client() as c:
-        after = c.get("/v1/serving").json()["served"]
-    batches = after["batches"] - before["batches"]
-    inputs = after["inputs"] - before["inputs"]
-    return {"rps": sum(counts) / elapsed, "mean_batch": inputs / max(batches, 1), "requests": sum(counts)}
-
-
 def raw_rows_per_s(module: nn.Module, batch: int, n: int) -> float:
     x = torch.randn(batch, 3, 32, 32)
     with torch.inference_mode():
@@ -260,7 +227,7 @@ def main() -> None:
             results["overhead_json_ms"] = results["http_p50_json_ms"] - results["raw_p50_ms"]
 
             # 2. throughput with 32 clients, batching on
-            batched = concurrent_throughput(server, ids[0], 32, seconds)
+            batched = concurrent_load(server, ids[0], npy(x1), CLIENTS, seconds, TOKEN)
             results["batched"] = batched
 
             # 4. memory: every composition called once, cache bounded to `cache_of` of them
@@ -273,15 +240,15 @@ def main() -> None:
             server.stop()
 
         mean_b = max(1, round(batched["mean_batch"]))
-        results["raw_rows_per_s_at_mean_batch"] = raw_rows_per_s(raw, mean_b, 50)
-        results["raw_rows_per_s_b1"] = raw_rows_per_s(raw, 1, 200)
+        results["raw_rows_per_s_at_mean_batch"] = raw_rows_per_s(raw, mean_b, 200)
+        results["raw_rows_per_s_b1"] = raw_rows_per_s(raw, 1, 400)
 
         # 2b. batching disabled; 4b. unbounded cache (same data folder: the same registry)
         server = Server(data_dir, predict_max_batch=1, model_cache_bytes=1 << 40)
         try:
             with server.client() as c:
                 predict(c, ids[0], npy(x1))
-            results["unbatched"] = concurrent_throughput(server, ids[0], 32, seconds)
+            results["unbatched"] = concurrent_load(server, ids[0], npy(x1), CLIENTS, seconds, TOKEN)
             with server.client() as c:
                 for cid in ids:
                     predict(c, cid, npy(x1))
@@ -301,16 +268,32 @@ def _memory_row(m: dict, what: str) -> str:
         f"{cache['bytes'] / 1e6:.1f} MB) | |"
 
 
+def _generator_text(name: str) -> str:
+    if name == "wrk":
+        return (f"`wrk -t1 -c{CLIENTS}` (Debian's wrk, one C thread; each connection is a client with one "
+                "request in flight, posting one (1, 3, 32, 32) float32 .npy input, `bench/serving_load.py`).")
+    return f"{CLIENTS} Python threads with httpx (wrk is not installed), `bench/serving_load.py`."
+
+
+def _load_row(m: dict, what: str) -> str:
+    lat = f"p50 {m['p50_ms']:.1f} / p99 {m['p99_ms']:.1f} ms, " if m["p50_ms"] is not None else ""
+    used = m["client_cores_used"]
+    client = f", load generator {used:.2f} cores" if used is not None else ""
+    return (f"| {what}: {lat}server CPU per request | {m['server_cpu_ms_per_request']:.2f} ms "
+            f"(server {m['server_cores_used']:.2f} cores{client}) | |")
+
+
 def report(r: dict, n_comp: int, cache_of: int) -> None:
     ok = lambda good: "met" if good else "NOT met"  # noqa: E731
     lines = [
         "# Serving benchmark (`python -m bench.serving`)",
         "",
-        f"Machine: {r['machine']} (load average {r['load_avg_before']:.1f} when it started: the cores are "
-        f"shared with other work); torch {r['torch']} ({r['torch_threads']} threads); client threads and the "
-        "uvicorn server share these cores. Composed network: f (2 convs, torch_export) → h (safetensors conv "
-        f"adapter) → g (conv + linear, torch_export), {r['composition_param_bytes'] / 1e6:.2f} MB of "
-        "parameters; input (3, 32, 32), output 10 logits." + (" **Quick run.**" if r["quick"] else ""),
+        f"Machine: {r['machine']} (load average {r['load_avg_before']:.1f} when it started); torch "
+        f"{r['torch']} ({r['torch_threads']} threads); the load generator and the uvicorn server share "
+        "these cores. Load: " + _generator_text(r["batched"]["generator"]) + " Composed network: f (2 "
+        "convs, torch_export) → h (safetensors conv adapter) → g (conv + linear, torch_export), "
+        f"{r['composition_param_bytes'] / 1e6:.2f} MB of parameters; input (3, 32, 32), output 10 "
+        "logits." + (" **Quick run.**" if r["quick"] else ""),
         "",
         "| measure | value | goal |",
         "|---|---|---|",
@@ -320,15 +303,20 @@ def report(r: dict, n_comp: int, cache_of: int) -> None:
         f"| **serving overhead (.npy)** | **{r['overhead_npy_ms']:.2f} ms** | < 3 ms: "
         f"{ok(r['overhead_npy_ms'] < 3)} |",
         f"| serving overhead (JSON) | {r['overhead_json_ms']:.2f} ms | |",
-        f"| 32 clients, batching on: requests/s (mean batch formed) | {r['batched']['rps']:.0f} "
+        f"| {CLIENTS} clients, batching on: requests/s (mean batch formed) | {r['batched']['rps']:.0f} "
         f"({r['batched']['mean_batch']:.1f}) | |",
+        _load_row(r["batched"], "batching on"),
         f"| raw forward at that batch size: inputs/s | {r['raw_rows_per_s_at_mean_batch']:.0f} | |",
         f"| **throughput vs raw forward** | **{r['throughput_vs_raw']:.2f}×** | ≥ 0.7×: "
         f"{ok(r['throughput_vs_raw'] >= 0.7)} |",
-        f"| 32 clients, batching off (max batch 1): requests/s | {r['unbatched']['rps']:.0f} | |",
+        f"| {CLIENTS} clients, batching off (max batch 1): requests/s | {r['unbatched']['rps']:.0f} | |",
+        _load_row(r["unbatched"], "batching off"),
         f"| raw forward at batch 1: inputs/s | {r['raw_rows_per_s_b1']:.0f} | |",
         f"| **throughput vs batching off** | **{r['throughput_vs_unbatched']:.2f}×** | ≥ 5×: "
         f"{ok(r['throughput_vs_unbatched'] >= 5)} |",
+        f"| the raw forward's own gain from batching (inputs/s at the mean batch vs at batch 1) | "
+        f"{r['raw_rows_per_s_at_mean_batch'] / r['raw_rows_per_s_b1']:.2f}× | what batching can give "
+        "at most when the forward is all the work |",
         f"| cold start, first composition in a fresh server | {r['cold_first_ms']:.0f} ms | |",
         f"| cold start, another composition not loaded | {r['cold_next_ms']:.0f} ms | |",
         f"| same composition once warm, p50 | {r['warm_ms']:.2f} ms | |",

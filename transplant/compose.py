@@ -135,7 +135,8 @@ def _no_input_validation(module: nn.Module) -> Iterator[None]:
             m.validate_inputs = True
 
 
-def _trace(module: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
+def trace(module: nn.Module, example_input: torch.Tensor) -> torch.jit.ScriptModule:
+    """`module` traced to TorchScript on `example_input` (export's input checks switched off meanwhile)."""
     with _no_input_validation(module):
         return torch.jit.trace(module, (example_input,), check_trace=False)
 
@@ -163,12 +164,12 @@ def export_composed(module: nn.Module, example_input: torch.Tensor, format: str)
                 program = torch.export.export(module, (example_input,), dynamic_shapes=({0: batch},))
                 torch.export.save(program, buf)
         elif format == "torchscript":
-            torch.jit.save(_trace(module, example_input), buf)
+            torch.jit.save(trace(module, example_input), buf)
         else:
             # Tracing first lets TorchScript pieces through; the TorchScript-based ONNX exporter
             # needs no extra package (the dynamo one needs onnxscript).
             torch.onnx.export(
-                _trace(module, example_input),
+                trace(module, example_input),
                 (example_input,),
                 buf,
                 dynamo=False,

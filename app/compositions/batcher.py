@@ -156,14 +156,17 @@ class BatcherPool:
         # Served so far (approximate under races: statistics, not accounting).
         self.totals = {"batches": 0, "requests": 0, "inputs": 0}
 
-    def submit(self, key: str, forward: Forward, x: torch.Tensor) -> Future:
-        """Queue `x` (n, *input_shape) for composition `key`; the future gets its (n, *output_shape)."""
+    def submit(self, key: str, forward: Forward, x: torch.Tensor, *, inline: bool = True) -> Future:
+        """Queue `x` (n, *input_shape) for composition `key`; the future gets its (n, *output_shape).
+
+        `inline=False` (a caller on the event loop) never runs the forward in the calling thread.
+        """
         item = _Item(x)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the server is shutting down")
             batcher = self._batchers.get(key)
-            inline = self._running.get(key, 0) == 0 and (batcher is None or batcher.idle())
+            inline = inline and self._running.get(key, 0) == 0 and (batcher is None or batcher.idle())
             if inline:
                 self._running[key] = 1
             else:
@@ -181,6 +184,19 @@ class BatcherPool:
                 run_batch(key, forward, [item], self.totals)
             finally:
                 self._mark_busy(key, -1)
+        return item.future
+
+    def run_alone(self, key: str, forward: Forward, x: torch.Tensor) -> Future:
+        """One forward of `x` alone, in the calling thread (no batching); its finished future."""
+        item = _Item(x)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the server is shutting down")
+        self._mark_busy(key, 1)
+        try:
+            run_batch(key, forward, [item], self.totals)
+        finally:
+            self._mark_busy(key, -1)
         return item.future
 
     def _mark_busy(self, key: str, delta: int) -> None:
