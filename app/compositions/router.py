@@ -123,7 +123,7 @@ async def predict(
         x = _decode(body, encoding, spec, settings.predict_max_batch)
     else:  # a big body would hold the loop for milliseconds: decode it in a thread
         x = await run_in_threadpool(_decode, body, encoding, spec, settings.predict_max_batch)
-    y = await serving.predict_async(spec, x)
+    y = await serving.predict(spec, x)
     if y.nbytes <= INLINE_BYTES:
         return _encode(y, encoding)
     return await run_in_threadpool(_encode, y, encoding)

@@ -137,24 +137,9 @@ class Serving:
                 _long_lived_frozen = True
         return self.load(spec)
 
-    def predict(self, spec: ServingSpec, x: np.ndarray) -> np.ndarray:
-        """Outputs for a validated batch `x` (N, *input_shape), via the composition's batcher."""
-        try:
-            future = self.pool.submit(spec.id, self._forward_of(spec), torch.from_numpy(x))
-        except RuntimeError:
-            raise BackendUnavailable("The server is shutting down; retry in a moment.") from None
-        try:
-            y = future.result(timeout=PREDICT_TIMEOUT_S)
-        except TimeoutError:
-            raise _timed_out() from None
-        except (GraftError, BrokenArtifact):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the pieces failed on inputs of the right shape
-            raise _failure(exc) from None
-        return y.numpy()
-
-    async def predict_async(self, spec: ServingSpec, x: np.ndarray) -> np.ndarray:
-        """`predict` for the event loop: no request thread waits; the forward runs off the loop.
+    async def predict(self, spec: ServingSpec, x: np.ndarray) -> np.ndarray:
+        """Outputs for a validated batch `x` (N, *input_shape); no request thread waits, the forward
+        runs off the event loop.
 
         With batching (max batch > 1) the input goes to the composition's batcher thread and the
         loop awaits its future. Without (max batch 1), each request's forward runs in a thread of the
@@ -173,11 +158,13 @@ class Serving:
                     raise BackendUnavailable("The server is shutting down; retry in a moment.") from None
                 y = await asyncio.wait_for(asyncio.wrap_future(future), PREDICT_TIMEOUT_S)
         except TimeoutError:
-            raise _timed_out() from None
+            raise BackendUnavailable(
+                f"Inference did not finish within {PREDICT_TIMEOUT_S:.0f} s; retry with a smaller batch."
+            ) from None
         except (GraftError, BrokenArtifact):
             raise
         except Exception as exc:  # noqa: BLE001 - the pieces failed on inputs of the right shape
-            raise _failure(exc) from None
+            raise Unprocessable(f"The composition failed on these inputs: {_short(exc)}.") from None
         return y.numpy()
 
     def _forward_of(self, spec: ServingSpec) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -192,16 +179,6 @@ class Serving:
     def close(self) -> None:
         self.pool.close()
         self.cache.clear()
-
-
-def _timed_out() -> BackendUnavailable:
-    return BackendUnavailable(
-        f"Inference did not finish within {PREDICT_TIMEOUT_S:.0f} s; retry with a smaller batch."
-    )
-
-
-def _failure(exc: Exception) -> Unprocessable:
-    return Unprocessable(f"The composition failed on these inputs: {_short(exc)}.")
 
 
 def _short(exc: BaseException, limit: int = 240) -> str:
