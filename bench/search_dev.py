@@ -51,6 +51,8 @@ for _sf in (0.1, 0.15, 0.2, 0.3):
     VARIANTS[f"SHU s{_sf} k8 t0.5"] = dict(
         sampling="uniform", supernet_fraction=_sf, finalists=8, trial_fraction=0.5, selection="halving"
     )
+for _k, _tf in ((8, 0.5), (4, 0.5), (8, 0.6)):
+    VARIANTS[f"SHSX s0.2 k{_k} t{_tf}"] = {**VARIANTS[f"SHS s0.2 k{_k} t{_tf}"], "extrapolate": True}
 """Second round (this file's stores): successive halving (SH), depth-stratified finalists (SHS),
 uniform super-net sampling with halving (SHU) and the race with less super-net (R), each at
 super-net shares 0.1–0.3; see search.md."""

@@ -66,6 +66,9 @@ class AutoBudgetOptions(BaseModel):
     stratify: StrictBool | None = Field(
         None, description="Finalists taken round-robin over depths instead of the best overall."
     )
+    extrapolate: StrictBool | None = Field(
+        None, description="With halving: cut by held-out loss extrapolated to the end of the budget."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -17,7 +17,7 @@ from app.datasets.service import get_dataset
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
 from app.jobs import repository
 from app.jobs.dispatch import enqueue_after_commit
-from app.jobs.schemas import AmalgamationCreate, AutoOptions, TransplantCreate
+from app.jobs.schemas import AmalgamationCreate, AutoBudgetOptions, AutoOptions, TransplantCreate
 from app.models import Job, Module, ModuleVersion
 from app.models.job import FINAL_STATUSES
 from app.modules.schemas import NAME_PATTERN
@@ -128,8 +128,7 @@ def check_auto(adapter: str | dict, f_out: tuple, g_in: tuple) -> dict:
     except ValidationError as exc:
         raise Unprocessable(
             f"Invalid adapter.auto ({_readable(exc, 'adapter.auto')}); the budget keys are "
-            "steps, supernet_fraction, max_candidates, depths, widths, kernels, skips, sampling, "
-            "finalists and trial_fraction."
+            f"{', '.join(AutoBudgetOptions.model_fields)}."
         ) from None
     budget = parsed.budget.model_dump(exclude_none=True)
     try:

@@ -11,7 +11,7 @@ from transplant import Cancelled, TrainConfig
 from transplant.adapters import adapter_spec, build_adapter, load_adapter, save_adapter
 from transplant.run import _objective
 from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
-from transplant.search.select import pick_finalists, schedule
+from transplant.search.select import extrapolate, pick_finalists, schedule
 from transplant.search.space import Candidate
 from transplant.search.stages import Stepper
 
@@ -304,3 +304,31 @@ def test_stratified_finalists_come_from_every_depth():
     warm = [{"name": "w", "score": -1.0, "module": net.extract(ranked[0][0]), "config": None}]
     with_warm = pick_finalists(ranked, warm, 3, net, stratify=True)
     assert with_warm[0]["warm"] == "w" and len(with_warm) == 3
+
+
+def test_extrapolation_follows_a_power_law_and_never_invents_progress():
+    # L(t) = 8 t^-1 through (2, 4) and (4, 2): after 4 more steps, L(8) = 1.
+    assert extrapolate([(2, 4.0), (4, 2.0)], 4) == pytest.approx(1.0)
+    assert extrapolate([(4, 2.0)], 100) == 2.0  # one point: the loss as it is
+    assert extrapolate([(2, 2.0), (4, 3.0)], 100) == 3.0  # got worse: no extrapolated gain
+    # A slower start that falls faster is ranked ahead of a faster start that has levelled off.
+    assert extrapolate([(3, 30.0), (9, 15.0)], 100) < extrapolate([(3, 10.0), (9, 9.5)], 100)
+
+
+def test_halving_can_cut_by_extrapolated_loss():
+    f, g_t, g_s = tiny_nets()
+    x = torch.randn(24, 3, 6, 6)
+    budget = {"steps": 60, "supernet_fraction": 0.3, "finalists": 4, "trial_fraction": 0.5,
+              "selection": "halving", "extrapolate": True, **SMALL}
+    s = run_auto_transplant(f, g_t, g_s, x, budget=budget, train=FAST).metrics["search"]
+    first = [r for r in s["race"] if r["round"] == 0]
+    second = [r for r in s["race"] if r["round"] == 1]
+    assert all(r["ranked_by"] == r["raced_score"] for r in first)  # one point each: as measured
+    # 42 steps after the super-net, 18 of them in the rounds: the winner fine-tunes for 24 more.
+    for r in second:
+        curve = [(q["own_steps"], q["raced_score"]) for q in s["race"] if q["name"] == r["name"]]
+        assert r["ranked_by"] == pytest.approx(extrapolate(curve, 42 - 18))
+    kept = min(second, key=lambda r: r["ranked_by"])
+    assert s["chosen_score"] == kept["score"]
+    with pytest.raises(ValueError):
+        run_auto_transplant(f, g_t, g_s, x, budget={**budget, "extrapolate": "yes"})

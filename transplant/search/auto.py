@@ -102,9 +102,10 @@ def run_auto_transplant(
         # Stage 3a: the finalists get steps of their own before one is kept by held-out loss
         # (inherited scores rank children trained for different step counts).
         rounds = schedule(len(finalists), int(n_fine * plan.trial_fraction), plan.selection)
+        horizon = n_fine - sum(m * k for m, k in rounds) if plan.extrapolate else None
         winner, race, race_steps = run_rounds(
             finalists, rounds, lambda m: _objective(method, m, g_student, g_teacher, cfg, gen), score, cfg,
-            train_data, callbacks, sup.steps_done, total, should_stop,
+            train_data, callbacks, sup.steps_done, total, should_stop, horizon,
         )
         done = sup.steps_done + race_steps
         h, config, warm_name = winner["module"], winner["config"], winner["warm"]

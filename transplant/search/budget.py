@@ -45,6 +45,9 @@ class AutoBudget:
     stratify: bool = True
     """Pick the finalists round-robin over depths (best inherited loss within each depth first)
     instead of the best overall, so that children the super-net trained less get into the race."""
+    extrapolate: bool = False
+    """With "halving": cut by each finalist's held-out loss extrapolated to the end of the budget (a
+    power law through its last two round-end losses), not by the loss after equally few steps."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 
@@ -70,4 +73,6 @@ class AutoBudget:
             raise ValueError(f"unknown selection {b.selection!r}; use one of {SELECTIONS}")
         if not isinstance(b.stratify, bool):
             raise ValueError("stratify must be true or false")
+        if not isinstance(b.extrapolate, bool):
+            raise ValueError("extrapolate must be true or false")
         return b

@@ -85,8 +85,14 @@ def run_rounds(
     offset: int,
     total: int,
     should_stop: Callable[[], bool] | None,
+    horizon: int | None = None,
 ) -> tuple[dict, list[dict], int]:
-    """Train and cut the finalists round by round; (winner, per-round records, steps spent)."""
+    """Train and cut the finalists round by round; (winner, per-round records, steps spent).
+
+    horizon: when set, cuts after the first round compare each finalist's held-out loss extrapolated
+    to `horizon` more steps of its own (a power law through its last two round-end losses) instead of
+    the loss now, so that a deeper child that learns faster is not cut for starting behind.
+    """
     alive = list(range(len(finalists)))
     records: list[dict] = []
     done = 0
@@ -103,10 +109,27 @@ def run_rounds(
             done += steps
             fin.setdefault("history", []).append({**rec, "stage": "race", "round": r, "finalist": i})
             fin["raced"] = score(fin["module"])
+            fin.setdefault("curve", []).append((fin["stepper"].steps_done, fin["raced"]))
+            fin["rank_by"] = fin["raced"] if horizon is None else extrapolate(fin["curve"], horizon)
             records.append({"round": r, "name": fin["name"], "score": fin["score"],
-                            "raced_score": fin["raced"], "own_steps": fin["stepper"].steps_done})
+                            "raced_score": fin["raced"], "own_steps": fin["stepper"].steps_done,
+                            "ranked_by": fin["rank_by"]})
         keep = 1 if r == len(rounds) - 1 else math.ceil(len(alive) / 2)
-        alive = sorted(alive, key=lambda i: finalists[i]["raced"])[:keep]
+        alive = sorted(alive, key=lambda i: finalists[i]["rank_by"])[:keep]
     if not rounds:
         return min(finalists, key=lambda fin: fin["score"]), records, 0
     return finalists[alive[0]], records, done
+
+
+def extrapolate(curve: list[tuple[int, float]], horizon: int) -> float:
+    """The loss after `horizon` more steps, by L(t) = L2 (t / t2)^-b through the last two points.
+
+    One point, or a loss that did not fall: the last loss as it is (no optimism without evidence).
+    """
+    if len(curve) < 2:
+        return curve[-1][1]
+    (t1, l1), (t2, l2) = curve[-2], curve[-1]
+    if not (0 < t1 < t2) or not (0 < l2 < l1):
+        return l2
+    b = math.log(l1 / l2) / math.log(t2 / t1)
+    return l2 * ((t2 + horizon) / t2) ** -b
