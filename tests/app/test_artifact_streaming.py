@@ -32,7 +32,7 @@ from tests.services import s3_settings
 from transplant.artifacts import save_module
 
 PART = 5 * 1024 * 1024  # S3's smallest part: the threshold too, so a few-MB artifact is streamed
-SIDE = 1400  # a Linear(1400, 1400): 7.8 MB of weights, two parts
+SIDE = 1600  # a Linear(1600, 1600): 10.2 MB of weights, two parts (more than the 7.9 MB sent before a gate)
 
 
 @pytest.fixture(scope="module")
