@@ -15,9 +15,12 @@ import argparse
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from bench.search_report import report
 from bench.search_warm import run_warm
@@ -26,7 +29,7 @@ from transplant.distill.trainer import TrainConfig
 from transplant.metrics import accuracy, agreement
 from transplant.run import _split, run_transplant
 from transplant.search import SearchSpace, held_out_score, run_auto_transplant
-from transplant.world import build_world
+from transplant.world import World, build_world
 from transplant.world_data import shapes_category
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,20 +97,39 @@ def _auto_row(f, g_t, g_s, x, test, cfg, budget) -> dict:
     }
 
 
-def run_seed(seed: int, steps: int, quick: bool, n_test: int) -> dict:
-    """Fixed candidates, auto (default and previous budget) and the warm-start scenarios on one world."""
-    t0 = time.perf_counter()
+@dataclass
+class Bench:
+    """One benchmark world's new category: its teacher f → g_t, the generic g_s, data and settings."""
+
+    world: World
+    cat: str
+    f: nn.Module
+    g_t: nn.Module
+    g_s: nn.Module
+    x: torch.Tensor
+    test: Any
+    cfg: TrainConfig
+
+
+def bench_world(seed: int, steps: int, n_test: int = N_TEST) -> Bench:
+    """World `seed`, its first new category, the training settings every search benchmark uses."""
     world = build_world(seed, "small", "shapes")
-    t_world = time.perf_counter() - t0
     cat = world.new_categories[0]
     f, g_t = world.teachers[cat]["cls"]
-    g_s = world.generic["cls"]
     d = world.data[cat]
     x = torch.cat([d.train.x, d.unlabelled.x])  # used unlabelled: no method sees these labels
-    test = fresh_test(world, cat, n_test)
     cfg = TrainConfig(
         batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=steps
     )
+    return Bench(world, cat, f, g_t, world.generic["cls"], x, fresh_test(world, cat, n_test), cfg)
+
+
+def run_seed(seed: int, steps: int, quick: bool, n_test: int) -> dict:
+    """Fixed candidates, auto (default and previous budget) and the warm-start scenarios on one world."""
+    t0 = time.perf_counter()
+    b = bench_world(seed, steps, n_test)
+    t_world = time.perf_counter() - t0
+    world, cat, f, g_t, g_s, x, test, cfg = b.world, b.cat, b.f, b.g_t, b.g_s, b.x, b.test, b.cfg
     space = SearchSpace.for_shapes(world.feature_shape, world.feature_shape, **SPACE)
     cands = space.candidates()
     if quick:

@@ -20,9 +20,8 @@ import time
 
 import torch
 
-from bench.search import RESULTS, SPACE, _label, fresh_test, score_on_test
+from bench.search import RESULTS, SPACE, _label, bench_world, score_on_test
 from transplant.blackbox import frozen
-from transplant.distill.trainer import TrainConfig
 from transplant.run import _objective, run_transplant
 from transplant.search.budget import AutoBudget
 from transplant.search.stages import (
@@ -34,7 +33,6 @@ from transplant.search.stages import (
     train_supernet,
 )
 from transplant.search.supernet import SuperNet
-from transplant.world import build_world
 
 STEPS = 200
 CHECKS = (0, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130, 140, 160)
@@ -42,16 +40,8 @@ CHECKS = (0, 2, 4, 6, 8, 10, 12, 15, 20, 25, 30, 35, 40, 50, 60, 70, 80, 90, 100
 
 def run_seed(seed: int, fraction: float, sampling: str, fixed: bool) -> dict:
     """Inherited scores, per-child curves and (optionally) the fixed candidates on one dev world."""
-    w = build_world(seed, "small", "shapes")
-    cat = w.new_categories[0]
-    f, g_t = w.teachers[cat]["cls"]
-    g_s = w.generic["cls"]
-    d = w.data[cat]
-    x = torch.cat([d.train.x, d.unlabelled.x])
-    test = fresh_test(w, cat, 1024)
-    cfg = TrainConfig(
-        batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=STEPS
-    )
+    b = bench_world(seed, STEPS)
+    f, g_t, g_s, x, test, cfg = b.f, b.g_t, b.g_s, b.x, b.test, b.cfg
     plan = AutoBudget.from_dict({"steps": STEPS, **SPACE, "supernet_fraction": fraction,
                                  "sampling": sampling})
     rec: dict = {"seed": seed, "fixed": {}, "children": {}}

@@ -20,11 +20,9 @@ import time
 
 import torch
 
-from bench.search import RESULTS, SPACE, _label, fresh_test, score_on_test
-from transplant.distill.trainer import TrainConfig
+from bench.search import RESULTS, SPACE, _label, bench_world, score_on_test
 from transplant.run import run_transplant
 from transplant.search import SearchSpace, run_auto_transplant
-from transplant.world import build_world
 
 D = dict(sampling="depth", supernet_fraction=0.3, finalists=4, trial_fraction=0.3)
 VARIANTS = {
@@ -60,23 +58,11 @@ FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 
 
-def _cfg(seed: int) -> TrainConfig:
-    return TrainConfig(
-        batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=200
-    )
-
-
 def run_seed(seed: int, variants: list[str], fixed: bool) -> dict:
     """Test scores of the fixed candidates (optional) and of each auto variant on one dev world."""
-    w = build_world(seed, "small", "shapes")
-    cat = w.new_categories[0]
-    f, g_t = w.teachers[cat]["cls"]
-    g_s = w.generic["cls"]
-    d = w.data[cat]
-    x = torch.cat([d.train.x, d.unlabelled.x])
-    test = fresh_test(w, cat, 1024)
-    cfg = _cfg(seed)
-    space = SearchSpace.for_shapes(w.feature_shape, w.feature_shape, **SPACE)
+    b = bench_world(seed, 200)
+    f, g_t, g_s, x, test, cfg = b.f, b.g_t, b.g_s, b.x, b.test, b.cfg
+    space = SearchSpace.for_shapes(b.world.feature_shape, b.world.feature_shape, **SPACE)
     rec: dict = {"seed": seed, "fixed": {}, "auto": {}}
     for c in space.candidates() if fixed else []:
         t = time.process_time()

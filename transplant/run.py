@@ -81,18 +81,7 @@ def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainCo
     elif method == "back_distillation":
 
         def obj(batch: Sequence[torch.Tensor]) -> dict:
-            t = back_distillation_loss(
-                batch[0],
-                h,
-                g_s,
-                g_t,
-                lambda_jac=cfg.lambda_jac,
-                probes=cfg.probes,
-                normalise=cfg.normalise,
-                output_loss=cfg.output_loss,
-                probe_dist=cfg.probe_dist,
-                generator=gen,
-            )
+            t = back_distillation_loss(batch[0], h, g_s, g_t, generator=gen, **cfg.loss_options())
             return {"loss": t.loss, "loss_out": t.loss_out, "loss_jac": t.loss_jac}
     else:
         raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")

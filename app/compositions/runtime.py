@@ -123,19 +123,19 @@ class Serving:
 
     def _load_for_serving(self, spec: ServingSpec) -> nn.Module:
         global _long_lived_frozen
+        module = self.load(spec)
         with _freeze_lock:
             if not _long_lived_frozen:
                 # The first load of a process imports torch.export's deserializer and what it needs:
-                # hundreds of thousands of objects that live as long as the process. Python's full
-                # collections then walked them all every few hundred requests — a ~250 ms pause for
-                # whatever was in flight (predict p99 273 ms → 56 ms under load once frozen). Load
-                # once to pull the imports in, drop that module, collect, and freeze what is left out
-                # of the collector's view; everything allocated afterwards is collected as usual.
-                self.load(spec)
+                # hundreds of thousands of objects that live as long as the process, which Python's
+                # full collections would otherwise walk every few hundred requests, pausing whatever
+                # is in flight. Collect once and freeze what is left out of the collector's view;
+                # everything allocated afterwards is collected as usual (this first module is frozen
+                # too: freed by reference counting when evicted, its cycles are not collected).
                 gc.collect()
                 gc.freeze()
                 _long_lived_frozen = True
-        return self.load(spec)
+        return module
 
     async def predict(self, spec: ServingSpec, x: np.ndarray) -> np.ndarray:
         """Outputs for a validated batch `x` (N, *input_shape); no request thread waits, the forward

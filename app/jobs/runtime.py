@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
@@ -93,15 +94,20 @@ def ping_queue(settings: Settings) -> None:
         return
     import redis
 
-    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
     try:
-        client.ping()
+        _redis_client(url).ping()
     except redis.RedisError:
         raise BackendUnavailable(
             "The job queue (Redis) is unreachable right now, so nothing was queued; retry in a moment."
         ) from None
-    finally:
-        client.close()
+
+
+@functools.lru_cache(maxsize=4)
+def _redis_client(url: str):  # noqa: ANN202 (redis is imported lazily)
+    """One client per broker URL: its pool keeps the connection between submits and reconnects itself."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
 
 
 def marking_sent(factory: sessionmaker[Session], send: Dispatch) -> Dispatch:

@@ -50,6 +50,7 @@ class S3MultipartPut(PendingPut):
         self._state = "open"  # open -> completed | aborted
         self.upload_id: str | None = None
         self.skipped = False  # the object already exists: content-addressed, so nothing to send
+        self._via_boto3 = _proxied(client.meta.endpoint_url)  # a proxy is configured: boto3 honours it
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="s3-part")
         self._slots = threading.Semaphore(receiving)  # parts in flight; widened by `finish`
         self._widen = concurrency - receiving
@@ -74,7 +75,7 @@ class S3MultipartPut(PendingPut):
         with self._slots:
             if self.skipped or self._state != "open":
                 return None
-            if _proxied(self.client.meta.endpoint_url):
+            if self._via_boto3:
                 return self._put_part_boto3(number, start, length)
             return {"PartNumber": number, "ETag": self._put_part(number, start, length)}
 

@@ -52,6 +52,11 @@ class TrainConfig:
     grad_clip: float | None = 10.0
     """Clip the adapter's gradient norm (None = no clipping)."""
 
+    def loss_options(self) -> dict:
+        """The keyword arguments of back_distillation_loss that this config sets."""
+        return {"lambda_jac": self.lambda_jac, "probes": self.probes, "normalise": self.normalise,
+                "output_loss": self.output_loss, "probe_dist": self.probe_dist}
+
     def resolved_device(self) -> torch.device:
         """The device training will actually use."""
         want_cuda = self.device in ("cuda", "auto") or self.device.startswith("cuda:")

@@ -58,16 +58,7 @@ def held_out_score(
     total, n, bs = 0.0, feats.shape[0], cfg.batch_size
     for i in range(0, n, bs):
         t = back_distillation_loss(
-            feats[i : i + bs],
-            adapter,
-            g_student,
-            g_teacher,
-            lambda_jac=cfg.lambda_jac,
-            probes=cfg.probes,
-            normalise=cfg.normalise,
-            output_loss=cfg.output_loss,
-            probe_dist=cfg.probe_dist,
-            generator=gen,
+            feats[i : i + bs], adapter, g_student, g_teacher, generator=gen, **cfg.loss_options()
         )
         total += float(t.loss.detach()) * min(bs, n - i)
     return total / n

@@ -17,14 +17,12 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.datasets.service import get_dataset, load_arrays
-from app.errors import NotFound
 from app.jobs.context import JobContext
 from app.models import Module
 from app.modules.service import (
     add_version,
     discard_orphan,
     file_sha256,
-    get_module,
     get_or_create_module,
     resolve_version,
     version_ref,
@@ -144,12 +142,9 @@ def _work(run: JobRun) -> Register:
 
 def _module(session: Session, name: str, kind: str, **fields: str) -> Module:
     """The student's module `name`, created when missing; JobFailed if it became something else."""
-    try:
-        module = get_module(session, name)
-    except NotFound:
-        return get_or_create_module(
-            session, name=name, kind=kind, description=f"Amalgamated student ({kind} module).", **fields
-        )
+    module = get_or_create_module(
+        session, name=name, kind=kind, description=f"Amalgamated student ({kind} module).", **fields
+    )
     if module.kind != kind:
         raise JobFailed(
             f"Module {name!r} is a {module.kind} module; the student's {kind} module cannot be added to it."

@@ -19,7 +19,6 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from app.datasets.service import get_dataset, load_arrays
-from app.errors import NotFound
 from app.jobs.context import JobContext
 from app.models import ModuleVersion
 from app.modules import repository as modules_repository
@@ -27,7 +26,6 @@ from app.modules.service import (
     add_version,
     discard_orphan,
     file_sha256,
-    get_module,
     get_or_create_module,
     resolve_version,
     version_ref,
@@ -256,13 +254,10 @@ def _work(run: JobRun) -> Register:
 def _adapter_module(session: Session, req: dict):  # noqa: ANN202
     """The adapter module named by the request, created (kind adapter) when missing."""
     name = req["result_module"]
-    try:
-        module = get_module(session, name)
-    except NotFound:
-        return get_or_create_module(
-            session, name=name, kind="adapter", category=req["category"], task=req["task"],
-            description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
-        )
+    module = get_or_create_module(
+        session, name=name, kind="adapter", category=req["category"], task=req["task"],
+        description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
+    )
     if module.kind != "adapter":
         raise JobFailed(f"Module {name!r} is a {module.kind} module; no adapter can be registered into it.")
     return module
