@@ -86,7 +86,7 @@ class Http:
         A redirect to another host (the server's presigned S3 URL) is fetched without this client's
         headers: the bearer token is a secret for the Graft server only, and the URL carries its own
         signature (S3 refuses a request that holds both). Without a proxy in the way, that fetch uses
-        the standard library's reader (`fetch_plain`), which moves bytes about twice as fast as httpx.
+        the standard library's reader (`fetch_plain`), which does less work per byte than httpx.
         """
         url: httpx.URL | str = path
         client_headers, status = True, 0
@@ -126,7 +126,7 @@ def fetch_plain(url: httpx.URL, dest: Any, *, timeout: float | None) -> int:
     """GET `url` with http.client, sending nothing but the URL, into `dest`; bytes written.
 
     httpx reads a body 64 KiB at a time through its HTTP parser; here each read fills a 1 MiB buffer
-    straight from the socket, which on the registry benchmark's 256 MB artifact is ~2x the speed.
+    straight from the socket (bench/results/registry.md: 0.90x of boto3 direct on a 256 MB artifact).
     """
     cls = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
     conn = cls(url.host, url.port, timeout=timeout)

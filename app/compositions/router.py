@@ -108,8 +108,9 @@ async def predict(
 
     Concurrent requests for one composition are batched into one forward pass.
     """
-    # On the event loop: a request thread per call, blocked on its forward, cost more CPU than the
-    # work itself under load (32 threads contending for the GIL). Only what may take long leaves it.
+    # On the event loop: a request thread per call, blocked on its forward, cost CPU under load (32
+    # threads contending for the GIL; bench/results/serving-previous.md). Only what may take long
+    # leaves it.
     encoding = inputs.encoding_of(request.headers.get("content-type"))
     serving = serving_of(request.app)
     spec = serving.known_spec(composition_id)

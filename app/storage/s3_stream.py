@@ -4,8 +4,8 @@ Parts are read back from the receiver's temp file (in the page cache: no copy he
 a few threads, so the upload to S3 runs alongside the upload from the client instead of after it.
 
 Each part is PUT to a presigned `upload_part` URL with sendfile(2): the kernel moves the bytes. boto3
-would read, hash (SigV4 payload hash, CRC32) and send them in Python, ~6x the CPU (0.49 vs 0.08 CPU-s
-for 256 MB on the 2-core benchmark machine), and the API shares those cores with everything else.
+would read, hash (SigV4 payload hash, CRC32) and send them in Python, and the API shares its cores
+with everything else (the upload's CPU per process is in bench/results/registry.md).
 The file's sha256 has been checked by then; the transfer itself is covered by TCP (or TLS). With an
 HTTP(S) proxy configured in the environment, parts go through boto3 instead, which honours it.
 """
