@@ -134,10 +134,13 @@ def child_name(c: Candidate) -> str:
     return f"d{c.layers} w{c.hidden} k{c.kernel_size}{' skip' if c.skip else ''}"
 
 
+def _per_epoch(cfg: TrainConfig, n_train: int) -> int:
+    return cfg.steps_per_epoch or math.ceil(n_train / min(cfg.batch_size, n_train))
+
+
 def steps_for(cfg: TrainConfig, n_train: int) -> int:
     """The steps a plain run_transplant with `cfg` would run at most."""
-    per_epoch = cfg.steps_per_epoch or math.ceil(n_train / min(cfg.batch_size, n_train))
-    steps = cfg.epochs * per_epoch
+    steps = cfg.epochs * _per_epoch(cfg, n_train)
     return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
 
 
@@ -152,8 +155,7 @@ def train_for(
     should_stop: Callable[[], bool] | None,
 ) -> Trainer:
     """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it)."""
-    n = data[0].shape[0]
-    per_epoch = cfg.steps_per_epoch or math.ceil(n / min(cfg.batch_size, n))
+    per_epoch = _per_epoch(cfg, data[0].shape[0])
     stage_cfg = dataclasses.replace(cfg, max_steps=steps, epochs=max(1, math.ceil(steps / per_epoch)))
     trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop)
     trainer.fit(data, val)
