@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app import runtime
 from app.auth.router import router as auth_router
+from app.compositions.fastpath import PredictFastPath
 from app.compositions.router import router as compositions_router
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     app.state.store = open_store(settings)
     app.state.job_metrics = job_registry(engine)
     install_error_handlers(app)
+    app.add_middleware(PredictFastPath, graft=app)  # innermost: ids, logs and metrics still apply
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware)  # every route, whatever its router's route class
     for router in (

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -90,11 +91,12 @@ def main() -> None:
     p.add_argument("--supernet-fraction", type=float, default=0.3)
     p.add_argument("--sampling", default="depth")
     p.add_argument("--fixed", action="store_true")
+    p.add_argument("--out", type=Path, help="write here instead (e.g. one file per parallel process)")
     args = p.parse_args()
     if min(args.seeds) < 100:
         raise SystemExit("dev worlds only: seeds 100 and above (0-9 are the reported worlds)")
     torch.set_num_threads(1)
-    out = RESULTS / f"search-curves-{args.sampling}-{args.supernet_fraction}.json"
+    out = args.out or RESULTS / f"search-curves-{args.sampling}-{args.supernet_fraction}.json"
     runs = json.loads(out.read_text()) if out.exists() else []
     for seed in args.seeds:
         runs = [r for r in runs if r["seed"] != seed] + [run_seed(seed, args.supernet_fraction, args.sampling,

@@ -21,7 +21,7 @@ from app.compositions.schemas import (
     PredictRequest,
     PredictResponse,
 )
-from app.deps import ReadAuth, SessionDep, SettingsDep, WriteAuth
+from app.deps import ReadAuth, SessionDep, WriteAuth
 from app.errors import BadRequest, TooLarge, Unprocessable
 from app.modules.cursor import MAX_LIMIT, decode_cursor, encode_cursor
 from app.ops.metrics import MetricsRoute
@@ -102,15 +102,24 @@ def get_composition(composition_id: str, session: SessionDep, _: ReadAuth) -> Co
 @router.post("/v1/compositions/{composition_id}/predict", openapi_extra=_PREDICT_OPENAPI,
              responses=_PREDICT_RESPONSES, response_class=Response)
 async def predict(
-    composition_id: str, request: Request, body: RawBody, settings: SettingsDep, _: WriteAuth,
+    composition_id: str, request: Request, body: RawBody, _: WriteAuth,
 ) -> Response:
     """Run the composition on a batch (JSON `{"inputs": [...]}` or an .npy array); same encoding back.
 
     Concurrent requests for one composition are batched into one forward pass.
     """
+    # A composition this process has served before is answered by PredictFastPath (fastpath.py)
+    # with the same serve_predict, without FastAPI's routing and dependencies; this route serves
+    # the first call (it reads the database) and documents the contract.
+    return await serve_predict(request, composition_id, body)
+
+
+async def serve_predict(request: Request, composition_id: str, body: bytes) -> Response:
+    """The body of the predict route, after its body was read and its caller authorised."""
     # On the event loop: a request thread per call, blocked on its forward, cost CPU under load (32
     # threads contending for the GIL; bench/results/serving-previous.md). Only what may take long
     # leaves it.
+    settings = request.app.state.settings
     encoding = inputs.encoding_of(request.headers.get("content-type"))
     serving = serving_of(request.app)
     spec = serving.known_spec(composition_id)

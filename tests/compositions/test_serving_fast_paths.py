@@ -53,3 +53,13 @@ def test_truncated_or_padded_bodies_are_refused_clearly() -> None:
     with pytest.raises(GraftError, match="not a valid .npy"):
         decode(body[:-4], "npy")
     assert _plain_npy(b"\x93NUMPY") is None and _plain_npy(b"not npy at all") is None
+
+
+@pytest.mark.parametrize("shape", [(1, 10), (3,), (2, 3, 4), (0, 5), (17, 10, 1), (100_000, 7)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_encode_npy_writes_what_np_save_writes(shape: tuple, dtype) -> None:  # noqa: ANN001
+    from app.compositions.inputs import encode_npy
+
+    y = (np.random.default_rng(0).standard_normal(shape) * 100).astype(dtype)
+    assert encode_npy(y) == _npy(y)
+    assert np.array_equal(np.load(io.BytesIO(encode_npy(y)), allow_pickle=False), y)

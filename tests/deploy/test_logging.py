@@ -140,3 +140,11 @@ def test_middleware_passes_lifespan_through() -> None:
 
     asyncio.run(RequestIdMiddleware(inner)({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
     assert seen == ["lifespan"]
+
+
+def test_fresh_request_ids_are_unique_hex() -> None:
+    from app.logging import new_request_id
+
+    ids = [new_request_id() for _ in range(10_000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
