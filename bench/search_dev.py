@@ -54,6 +54,12 @@ for _k, _tf in ((8, 0.5), (4, 0.5), (8, 0.6)):
 """Second round (this file's stores): successive halving (SH), depth-stratified finalists (SHS),
 uniform super-net sampling with halving (SHU) and the race with less super-net (R), each at
 super-net shares 0.1–0.3; see search.md."""
+for _k in (6, 8):
+    VARIANTS[f"SZ s0.2 k{_k} t0.5 z0.1"] = {**VARIANTS["SHS s0.2 k8 t0.5"], "finalists": _k,
+                                            "size_tolerance": 0.1}
+VARIANTS["SHS s0.2 k6 t0.5"] = {**VARIANTS["SHS s0.2 k8 t0.5"], "finalists": 6}
+"""Third round (dev worlds 110-129, whose curves are in search-curves-depth-0.2.json): the larger of
+the finalists within 10 % of the best loss goes on at each cut (size_tolerance), 6 or 8 finalists."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 
@@ -123,8 +129,8 @@ def main() -> None:
         raise SystemExit("dev worlds only: seeds 100 and above (0-9 are the reported worlds)")
     torch.set_num_threads(1)
     for seed in args.seeds:
-        fixed, auto = _load(FIXED), _load(AUTO)
-        rec = run_seed(seed, args.variants, str(seed) not in fixed)
+        rec = run_seed(seed, args.variants, str(seed) not in _load(FIXED))
+        fixed, auto = _load(FIXED), _load(AUTO)  # read again: another process may have written since
         if rec["fixed"]:
             fixed[str(seed)] = rec["fixed"]
             FIXED.write_text(json.dumps(fixed, indent=1))

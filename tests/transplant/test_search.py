@@ -11,7 +11,7 @@ from transplant import Cancelled, TrainConfig
 from transplant.adapters import adapter_spec, build_adapter, load_adapter, save_adapter
 from transplant.run import _objective
 from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
-from transplant.search.select import extrapolate, pick_finalists, schedule
+from transplant.search.select import extrapolate, pick_finalists, rank_for_cut, schedule
 from transplant.search.space import Candidate
 from transplant.search.stages import Stepper
 
@@ -213,7 +213,7 @@ def test_budget_is_validated():
     with pytest.raises(ValueError):
         run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget={"stepz": 3})
     for bad in ({"finalists": 0}, {"trial_fraction": 1.0}, {"sampling": "nope"}, {"selection": "best"},
-                {"stratify": "yes"}):
+                {"stratify": "yes"}, {"size_tolerance": -0.1}, {"size_tolerance": 1.0}):
         with pytest.raises(ValueError):
             run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget=bad)
 
@@ -332,3 +332,13 @@ def test_halving_can_cut_by_extrapolated_loss():
     assert s["chosen_score"] == kept["score"]
     with pytest.raises(ValueError):
         run_auto_transplant(f, g_t, g_s, x, budget={**budget, "extrapolate": "yes"})
+
+
+def test_size_tolerance_lets_the_larger_of_near_ties_go_first():
+    small, big, bigger = nn.Linear(2, 2), nn.Linear(2, 8), nn.Linear(8, 8)
+    fins = [{"rank_by": 10.0, "module": small}, {"rank_by": 10.5, "module": big},
+            {"rank_by": 12.0, "module": bigger}]
+    ids = [4, 5, 6]
+    assert rank_for_cut(fins, ids, 0.0) == [4, 5, 6]  # the loss alone
+    assert rank_for_cut(fins, ids, 0.1) == [5, 4, 6]  # 10.5 is within 10 % of 10: the larger first
+    assert rank_for_cut(fins, ids, 0.25) == [6, 5, 4]  # 12 is within 25 %: largest first

@@ -105,7 +105,7 @@ def run_auto_transplant(
         horizon = n_fine - sum(m * k for m, k in rounds) if plan.extrapolate else None
         winner, race, race_steps = run_rounds(
             finalists, rounds, lambda m: _objective(method, m, g_student, g_teacher, cfg, gen), score, cfg,
-            train_data, callbacks, sup.steps_done, total, should_stop, horizon,
+            train_data, callbacks, sup.steps_done, total, should_stop, horizon, plan.size_tolerance,
         )
         done = sup.steps_done + race_steps
         h, config, warm_name = winner["module"], winner["config"], winner["warm"]

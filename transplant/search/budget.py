@@ -48,6 +48,9 @@ class AutoBudget:
     extrapolate: bool = False
     """With "halving": cut by each finalist's held-out loss extrapolated to the end of the budget (a
     power law through its last two round-end losses), not by the loss after equally few steps."""
+    size_tolerance: float = 0.0
+    """With "halving": finalists whose held-out loss is within this fraction of the best at a cut
+    count as tied, and the larger (more parameters) go on first (0: the loss alone decides)."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 
@@ -73,6 +76,8 @@ class AutoBudget:
             raise ValueError(f"unknown selection {b.selection!r}; use one of {SELECTIONS}")
         if not isinstance(b.stratify, bool):
             raise ValueError("stratify must be true or false")
+        if not 0.0 <= b.size_tolerance < 1.0:
+            raise ValueError("size_tolerance must be in [0, 1)")
         if not isinstance(b.extrapolate, bool):
             raise ValueError("extrapolate must be true or false")
         return b

@@ -86,12 +86,16 @@ def run_rounds(
     total: int,
     should_stop: Callable[[], bool] | None,
     horizon: int | None = None,
+    size_tolerance: float = 0.0,
 ) -> tuple[dict, list[dict], int]:
     """Train and cut the finalists round by round; (winner, per-round records, steps spent).
 
     horizon: when set, cuts after the first round compare each finalist's held-out loss extrapolated
     to `horizon` more steps of its own (a power law through its last two round-end losses) instead of
     the loss now, so that a deeper child that learns faster is not cut for starting behind.
+    size_tolerance: at each cut, finalists within this fraction of the best loss count as tied and
+    the larger (more parameters) go first: after a few steps each, a larger child is further from
+    its final loss than a smaller one at the same level (see `rank_for_cut`).
     """
     alive = list(range(len(finalists)))
     records: list[dict] = []
@@ -115,10 +119,25 @@ def run_rounds(
                             "raced_score": fin["raced"], "own_steps": fin["stepper"].steps_done,
                             "ranked_by": fin["rank_by"]})
         keep = 1 if r == len(rounds) - 1 else math.ceil(len(alive) / 2)
-        alive = sorted(alive, key=lambda i: finalists[i]["rank_by"])[:keep]
+        alive = rank_for_cut([finalists[i] for i in alive], alive, size_tolerance)[:keep]
     if not rounds:
         return min(finalists, key=lambda fin: fin["score"]), records, 0
     return finalists[alive[0]], records, done
+
+
+def rank_for_cut(fins: list[dict], ids: list[int], size_tolerance: float) -> list[int]:
+    """`ids` (of `fins`, in the same order) best first: by `rank_by`; with a tolerance, the
+    finalists within it of the best come first, largest first."""
+    best = min(f["rank_by"] for f in fins)
+    tied = {i for i, f in zip(ids, fins, strict=True) if f["rank_by"] <= best * (1 + size_tolerance)}
+    info = dict(zip(ids, fins, strict=True))
+
+    def key(i: int) -> tuple:
+        if size_tolerance > 0 and i in tied:
+            return (0, -sum(p.numel() for p in info[i]["module"].parameters()), info[i]["rank_by"])
+        return (1, 0, info[i]["rank_by"])
+
+    return sorted(ids, key=key)
 
 
 def extrapolate(curve: list[tuple[int, float]], horizon: int) -> float:
