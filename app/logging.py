@@ -9,12 +9,12 @@ around a job. Plain-text logs show the same two ids.
 
 from __future__ import annotations
 
+import itertools
 import json as _json
 import logging
 import re
 import sys
 import time
-import itertools
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
