@@ -78,16 +78,22 @@ def free_port() -> int:
 
 
 class Server:
-    """A uvicorn process running Graft on `data_dir` with extra GRAFT_* settings."""
+    """A uvicorn process running Graft on `data_dir` with extra GRAFT_* settings.
 
-    def __init__(self, data_dir: Path, **settings: object) -> None:
+    cwd: the source tree to run (another checkout, for side-by-side runs; default this one);
+    workers: uvicorn worker processes; env: more environment variables (e.g. OMP_NUM_THREADS).
+    """
+
+    def __init__(self, data_dir: Path, *, cwd: Path | None = None, workers: int = 1,
+                 env: dict[str, str] | None = None, **settings: object) -> None:
         self.port = free_port()
-        env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN,
+        env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN, **(env or {}),
                **{f"GRAFT_{k.upper()}": str(v) for k, v in settings.items()}}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--log-level", "warning", "--no-access-log"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
+             "--no-access-log"],
+            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120

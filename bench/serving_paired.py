@@ -16,40 +16,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
-from bench.serving import RESULTS, TOKEN, adapter, free_port, nets, npy, p50_ms, predict, register
+from bench.serving import RESULTS, Server, adapter, nets, npy, p50_ms, predict, register
 from transplant.artifacts import save_module
 
 HERE = Path(__file__).resolve().parents[1]
-
-
-def start(root: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"the server in {root} did not start")
 
 
 def main() -> None:
@@ -63,13 +39,13 @@ def main() -> None:
     f_bytes = save_module(f, torch.zeros(2, 3, 32, 32), "torch_export")
     g_bytes = save_module(g, torch.zeros(2, 32, 16, 16), "torch_export")
     x = npy(np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32))
-    sides, procs = {}, []
+    sides, servers = {}, []
     with tempfile.TemporaryDirectory(prefix="graft-paired-") as tmp:
         try:
             for name, root in (("this checkout", HERE), (args.label, args.base.resolve())):
-                proc, url = start(root, Path(tmp) / name.replace(" ", "-"))
-                procs.append(proc)
-                client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60)
+                server = Server(Path(tmp) / name.replace(" ", "-"), cwd=root)
+                servers.append(server)
+                client = server.client()
                 ids = register(client, f_bytes, g_bytes, [adapter(0), adapter(1)])
                 predict(client, ids[1], x)  # two compositions loaded, as in bench.serving
                 for _ in range(100):
@@ -80,9 +56,8 @@ def main() -> None:
                 for name, (client, cid) in sides.items():
                     blocks[name].append(p50_ms(lambda c=client, i=cid: predict(c, i, x), args.per_block))
         finally:
-            for proc in procs:
-                proc.terminate()
-                proc.wait(20)
+            for server in servers:
+                server.stop()
     ours, theirs = blocks["this checkout"], blocks[args.label]
     diffs = [a - b for a, b in zip(ours, theirs, strict=True)]
     lines = [

@@ -15,50 +15,23 @@ from __future__ import annotations
 
 import os
 import platform
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import torch
 
 from app.config import Settings
 from app.main import create_app
-from bench.serving import RESULTS, TOKEN, adapter, free_port, nets, npy, predict, register
+from bench.serving import RESULTS, TOKEN, Server, adapter, nets, npy, predict, register
 from bench.serving_load import generator, run_wrk
 from transplant.artifacts import save_module
 
 CONFIGS = (("1 process, torch default threads", 1, None), ("2 worker processes, 1 torch thread each", 2, "1"))
 ROUNDS = 3
 SECONDS = 10.0
-
-
-def start(data_dir: Path, workers: int, threads: str | None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN}
-    if threads:
-        env["OMP_NUM_THREADS"] = threads
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-         "--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                time.sleep(2.0 * workers)  # every worker up, not just the first
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
-    raise RuntimeError("the server did not start")
 
 
 def main() -> None:
@@ -76,16 +49,17 @@ def main() -> None:
         cid = None
         for _ in range(ROUNDS):
             for name, workers, threads in CONFIGS:
-                proc, url = start(data_dir, workers, threads)
+                env = {"OMP_NUM_THREADS": threads} if threads else None
+                server = Server(data_dir, workers=workers, env=env)
+                time.sleep(2.0 * workers)  # /healthz answered: the first worker is up, maybe not all
                 try:
-                    headers = {"Authorization": f"Bearer {TOKEN}"}
                     if cid is None:
-                        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+                        with server.client() as c:
                             cid = register(c, f_bytes, g_bytes, [adapter(0)])[0]
                     for _ in range(20):  # new connections: each worker loads the composition
-                        with httpx.Client(base_url=url, headers=headers, timeout=60) as c:
+                        with server.client() as c:
                             predict(c, cid, x)
-                    target = f"{url}/v1/compositions/{cid}/predict"
+                    target = f"{server.url}/v1/compositions/{cid}/predict"
                     run_wrk(target, TOKEN, x, 32, 1.0)
                     stats = run_wrk(target, TOKEN, x, 32, SECONDS)
                     if stats["bad_status"] or stats["socket_errors"]:
@@ -93,8 +67,7 @@ def main() -> None:
                     rps[name].append(stats["requests"] / (stats["duration_us"] / 1e6))
                     p99[name].append(stats["p99_us"] / 1000)
                 finally:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                    proc.wait(30)
+                    server.stop()
     lines = ["# Predict throughput: one process vs two worker processes (`python -m bench.serving_workers`)",
              "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, load average "

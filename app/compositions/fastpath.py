@@ -41,8 +41,8 @@ class PredictFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _PREDICT.fullmatch(_route_path(scope)) if scope["type"] == "http" else None
-        if (match is None or scope["method"] != "POST"
-                or serving_of(self.graft).known_spec(match[1]) is None):
+        spec = serving_of(self.graft).known_spec(match[1]) if match and scope["method"] == "POST" else None
+        if spec is None:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.route  # MetricsMiddleware labels by the matched route
@@ -50,7 +50,7 @@ class PredictFastPath:
         try:
             body = await read_body(request)
             await require_write(request)
-            response = await serve_predict(request, match[1], body)
+            response = await serve_predict(request, match[1], body, spec)
         except Exception as exc:  # noqa: BLE001 - rendered as the route's error would be, or re-raised
             response = await self._render(request, exc)
         await response(scope, receive, send)

@@ -164,8 +164,8 @@ def encode_npy(y: np.ndarray) -> bytes:
     if y.dtype == np.float32 and y.ndim >= 1:
         shape = repr(tuple(int(d) for d in y.shape))
         header = f"{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}"
-        pad = 64 - (10 + len(header) + 1) % 64  # magic, version and length take 10 bytes
-        header = header + " " * (pad % 64) + "\n"
+        # Padded with spaces to end, newline included, on a 64-byte boundary after the 10-byte preamble.
+        header += " " * (-(10 + len(header) + 1) % 64) + "\n"
         little = np.ascontiguousarray(y, dtype="<f4")
         return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + little.tobytes()
     buf = io.BytesIO()

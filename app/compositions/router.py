@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.compositions import inputs, repository, service
-from app.compositions.runtime import serving_of
+from app.compositions.runtime import ServingSpec, serving_of
 from app.compositions.schemas import (
     CompositionCreate,
     CompositionPage,
@@ -114,15 +114,19 @@ async def predict(
     return await serve_predict(request, composition_id, body)
 
 
-async def serve_predict(request: Request, composition_id: str, body: bytes) -> Response:
-    """The body of the predict route, after its body was read and its caller authorised."""
+async def serve_predict(request: Request, composition_id: str, body: bytes,
+                        spec: ServingSpec | None = None) -> Response:
+    """The body of the predict route, after its body was read and its caller authorised.
+
+    `spec`: the composition's serving spec when the caller already holds it (the fast path).
+    """
     # On the event loop: a request thread per call, blocked on its forward, cost CPU under load (32
     # threads contending for the GIL; bench/results/serving-previous.md). Only what may take long
     # leaves it.
     settings = request.app.state.settings
     encoding = inputs.encoding_of(request.headers.get("content-type"))
     serving = serving_of(request.app)
-    spec = serving.known_spec(composition_id)
+    spec = spec or serving.known_spec(composition_id)
     if spec is None:  # the first call of this composition in this process reads the database
         spec = await run_in_threadpool(_spec_from_db, request, composition_id)
     if len(body) > inputs.body_limit(spec.input_shape, settings.predict_max_batch):

@@ -336,8 +336,9 @@ def test_halving_can_cut_by_extrapolated_loss():
 
 def test_size_tolerance_lets_the_larger_of_near_ties_go_first():
     small, big, bigger = nn.Linear(2, 2), nn.Linear(2, 8), nn.Linear(8, 8)
-    fins = [{"rank_by": 10.0, "module": small}, {"rank_by": 10.5, "module": big},
-            {"rank_by": 12.0, "module": bigger}]
+    out_of_the_race = [{"rank_by": 0.0}] * 4  # indices 0-3: only `ids` are ranked
+    fins = out_of_the_race + [{"rank_by": 10.0, "module": small}, {"rank_by": 10.5, "module": big},
+                              {"rank_by": 12.0, "module": bigger}]
     ids = [4, 5, 6]
     assert rank_for_cut(fins, ids, 0.0) == [4, 5, 6]  # the loss alone
     assert rank_for_cut(fins, ids, 0.1) == [5, 4, 6]  # 10.5 is within 10 % of 10: the larger first

@@ -119,25 +119,24 @@ def run_rounds(
                             "raced_score": fin["raced"], "own_steps": fin["stepper"].steps_done,
                             "ranked_by": fin["rank_by"]})
         keep = 1 if r == len(rounds) - 1 else math.ceil(len(alive) / 2)
-        alive = rank_for_cut([finalists[i] for i in alive], alive, size_tolerance)[:keep]
+        alive = rank_for_cut(finalists, alive, size_tolerance)[:keep]
     if not rounds:
         return min(finalists, key=lambda fin: fin["score"]), records, 0
     return finalists[alive[0]], records, done
 
 
-def rank_for_cut(fins: list[dict], ids: list[int], size_tolerance: float) -> list[int]:
-    """`ids` (of `fins`, in the same order) best first: by `rank_by`; with a tolerance, the
-    finalists within it of the best come first, largest first."""
-    best = min(f["rank_by"] for f in fins)
-    tied = {i for i, f in zip(ids, fins, strict=True) if f["rank_by"] <= best * (1 + size_tolerance)}
-    info = dict(zip(ids, fins, strict=True))
+def rank_for_cut(finalists: list[dict], alive: list[int], size_tolerance: float) -> list[int]:
+    """The indices `alive` (into `finalists`) best first, by `rank_by`; with a tolerance, those
+    within it of the best come first, largest (most parameters) first."""
+    best = min(finalists[i]["rank_by"] for i in alive)
 
     def key(i: int) -> tuple:
-        if size_tolerance > 0 and i in tied:
-            return (0, -sum(p.numel() for p in info[i]["module"].parameters()), info[i]["rank_by"])
-        return (1, 0, info[i]["rank_by"])
+        fin = finalists[i]
+        if size_tolerance > 0 and fin["rank_by"] <= best * (1 + size_tolerance):
+            return (0, -sum(p.numel() for p in fin["module"].parameters()), fin["rank_by"])
+        return (1, 0, fin["rank_by"])
 
-    return sorted(ids, key=key)
+    return sorted(alive, key=key)
 
 
 def extrapolate(curve: list[tuple[int, float]], horizon: int) -> float:
