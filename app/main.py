@@ -69,3 +69,8 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     ):
         app.include_router(router)
     return app
+
+
+def create_worker_app() -> FastAPI:
+    """One worker process of `graft serve --workers N`: the parent migrated the database already."""
+    return create_app(migrate_db=False)

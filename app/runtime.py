@@ -6,6 +6,7 @@ from fastapi import FastAPI
 
 from app.compositions import runtime as compositions_runtime
 from app.jobs import runtime as jobs_runtime
+from app.ops.metrics import process_stopped
 
 
 def start(app: FastAPI) -> None:
@@ -18,3 +19,4 @@ def stop(app: FastAPI) -> None:
     """Called once when the server stops."""
     compositions_runtime.stop(app)
     jobs_runtime.stop(app)
+    process_stopped()

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -81,7 +82,8 @@ class Server:
     """A uvicorn process running Graft on `data_dir` with extra GRAFT_* settings.
 
     cwd: the source tree to run (another checkout, for side-by-side runs; default this one);
-    workers: uvicorn worker processes; env: more environment variables (e.g. OMP_NUM_THREADS).
+    workers: API processes (more than 1: `graft serve --workers N`, with a Redis broker URL from
+    GRAFT_BENCH_REDIS_URL, as that mode requires; no job is submitted); env: more environment variables.
     """
 
     def __init__(self, data_dir: Path, *, cwd: Path | None = None, workers: int = 1,
@@ -89,12 +91,16 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN, **(env or {}),
                **{f"GRAFT_{k.upper()}": str(v) for k, v in settings.items()}}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", str(workers), "--log-level", "warning",
-             "--no-access-log"],
-            cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+               "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        if workers > 1:
+            env.setdefault("GRAFT_BROKER_URL",
+                           os.environ.get("GRAFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+            cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(workers)]
+        self.workers = workers
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 120
         while True:
@@ -106,11 +112,20 @@ class Server:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("the server did not start")
             time.sleep(0.2)
+        while len(self.pids()) < workers + (workers > 1):  # the parent and every worker are up
+            if time.monotonic() > deadline:
+                raise RuntimeError("the worker processes did not start")
+            time.sleep(0.2)
+
+    def pids(self) -> list[int]:
+        """The server's processes: the one started, and its children (uvicorn's workers)."""
+        return process_tree(self.proc.pid)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
 
     def rss_mb(self) -> float:
+        """Resident memory of the process started (one serving process; not its probe children)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -123,6 +138,23 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and its live descendants."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    pids, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        pids.append(pid)
+        todo += children.get(pid, [])
+    return pids
 
 
 def upload(c: httpx.Client, name: str, data: bytes, fmt: str, shape: list, **meta: object) -> None:
@@ -181,9 +213,55 @@ def raw_rows_per_s(module: nn.Module, batch: int, n: int) -> float:
     return batch / t
 
 
+def _raw_loop(files: dict, spec: dict, batch: int, threads: int, seconds: float, go, out) -> None:  # noqa: ANN001
+    """One process of `raw_machine_rows_per_s`: load the chain, wait for the others, run for `seconds`."""
+    torch.set_num_threads(threads)
+    module = compose(load_module(files["f"], "torch_export"), load_module(files["h"], "safetensors", spec),
+                     load_module(files["g"], "torch_export"))
+    x = torch.randn(batch, 3, 32, 32)
+    with torch.inference_mode():
+        for _ in range(10):
+            module(x)
+        go.wait()
+        rows, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            module(x)
+            rows += batch
+    out.put(rows / (time.perf_counter() - t0))
+
+
+def raw_machine_rows_per_s(files: dict, spec: dict, batch: int, procs: int, seconds: float = 4.0) -> float:
+    """Inputs/s of the bare forward at `batch` in `procs` processes at once, the cores split between them."""
+    ctx = multiprocessing.get_context("spawn")
+    go, out = ctx.Barrier(procs), ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // procs) if procs > 1 else torch.get_num_threads()
+    workers = [ctx.Process(target=_raw_loop, args=(files, spec, batch, threads, seconds, go, out))
+               for _ in range(procs)]
+    for w in workers:
+        w.start()
+    total = sum(out.get(timeout=300) for _ in workers)
+    for w in workers:
+        w.join()
+    return total
+
+
+def prime(server: Server, cid: str, body: bytes) -> None:
+    """A predict in every API process (each loads the composition once) before a timed load."""
+    seen: set[int] = set()
+    for _ in range(400):
+        with server.client() as c:  # a new connection: the kernel hands it to one of the processes
+            predict(c, cid, body)
+            seen.add(c.get("/v1/serving").json()["pid"])
+        if len(seen) >= server.workers:
+            return
+    raise RuntimeError(f"only {len(seen)} of {server.workers} API processes served a predict")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short run (smoke test of the benchmark)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="API processes of the `graft serve --workers N` section (1: skip it)")
     args = parser.parse_args()
     n_lat, seconds, n_comp = (60, 2.0, 20) if args.quick else (400, 8.0, 100)
     cache_of = 10
@@ -274,9 +352,67 @@ def main() -> None:
         finally:
             server.stop()
 
+        if args.workers > 1:
+            files = {k: str(tmp_path / name) for k, name in (("f", "f.pt2"), ("g", "g.pt2"), ("h", "h.st"))}
+            results["workers"] = several_processes(data_dir, args.workers, ids[0], npy(x1), seconds, files,
+                                                   adapters[0][1])
+
     results["throughput_vs_raw"] = batched["rps"] / results["raw_rows_per_s_at_mean_batch"]
     results["throughput_vs_unbatched"] = batched["rps"] / results["unbatched"]["rps"]
     report(results, n_comp, cache_of)
+
+
+def several_processes(data_dir: Path, workers: int, cid: str, body: bytes, seconds: float, files: dict,
+                      spec: dict) -> dict:
+    """5. `graft serve --workers N` under the same load, batching on and off, and the machine's raw
+    forward at the batch formed: one process with torch's threads, and N processes at once with the
+    cores split between them; the larger is the reference (what the bare forward can do here)."""
+    out: dict = {"n": workers}
+    for label, extra in (("batched", {}), ("unbatched", {"predict_max_batch": 1})):
+        server = Server(data_dir, workers=workers, **extra)
+        try:
+            prime(server, cid, body)
+            out[label] = concurrent_load(server, cid, body, CLIENTS, seconds, TOKEN)
+        finally:
+            server.stop()
+    batch = max(1, round(out["batched"]["mean_batch"]))
+    for procs in (1, workers):
+        out[f"raw_{procs}p_at_mean_batch"] = raw_machine_rows_per_s(files, spec, batch, procs)
+        out[f"raw_{procs}p_b1"] = raw_machine_rows_per_s(files, spec, 1, procs)
+    out["raw_reference"] = max(out["raw_1p_at_mean_batch"], out[f"raw_{workers}p_at_mean_batch"])
+    out["raw_reference_b1"] = max(out["raw_1p_b1"], out[f"raw_{workers}p_b1"])
+    out["throughput_vs_raw"] = out["batched"]["rps"] / out["raw_reference"]
+    out["throughput_vs_unbatched"] = out["batched"]["rps"] / out["unbatched"]["rps"]
+    return out
+
+
+def _workers_lines(w: dict) -> list[str]:
+    ok = lambda good: "met" if good else "NOT met"  # noqa: E731
+    n = w["n"]
+    return [
+        "",
+        f"## {n} API processes (`graft serve --workers {n}`, torch threads split: {n} × "
+        f"{max(1, (os.cpu_count() or 1) // n)}), same load",
+        "",
+        "| measure | value | goal |",
+        "|---|---|---|",
+        f"| {CLIENTS} clients, batching on: requests/s (mean batch formed) | {w['batched']['rps']:.0f} "
+        f"({w['batched']['mean_batch']:.1f}) | |",
+        _load_row(w["batched"], "batching on"),
+        f"| raw forward at that batch: inputs/s, 1 process / {n} processes at once | "
+        f"{w['raw_1p_at_mean_batch']:.0f} / {w[f'raw_{n}p_at_mean_batch']:.0f} | "
+        "the larger is the reference |",
+        f"| **throughput vs raw forward** | **{w['throughput_vs_raw']:.2f}×** | ≥ 0.7×: "
+        f"{ok(w['throughput_vs_raw'] >= 0.7)} |",
+        f"| {CLIENTS} clients, batching off (max batch 1): requests/s | {w['unbatched']['rps']:.0f} | |",
+        _load_row(w["unbatched"], "batching off"),
+        f"| raw forward at batch 1: inputs/s, 1 process / {n} processes at once | {w['raw_1p_b1']:.0f} / "
+        f"{w[f'raw_{n}p_b1']:.0f} | |",
+        f"| **throughput vs batching off** | **{w['throughput_vs_unbatched']:.2f}×** | ≥ 5×: "
+        f"{ok(w['throughput_vs_unbatched'] >= 5)} |",
+        f"| the raw forward's own gain from batching (references at the mean batch vs at batch 1) | "
+        f"{w['raw_reference'] / w['raw_reference_b1']:.2f}× | |",
+    ]
 
 
 def _memory_row(m: dict, what: str) -> str:
@@ -340,8 +476,10 @@ def report(r: dict, n_comp: int, cache_of: int) -> None:
         f"| same composition once warm, p50 | {r['warm_ms']:.2f} ms | |",
         _memory_row(r["bounded"], f"{n_comp} compositions called, cache of {cache_of}"),
         _memory_row(r["unbounded"], f"{n_comp} compositions called, unbounded cache"),
-        "",
     ]
+    if "workers" in r:
+        lines += _workers_lines(r["workers"])
+    lines.append("")
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)

@@ -52,10 +52,21 @@ def generator() -> str:
     return "wrk" if shutil.which("wrk") else "python-threads"
 
 
-def _served(url: str, token: str) -> dict:
-    r = httpx.get(f"{url}/v1/serving", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+def _served(url: str) -> dict:
+    """Batches and input rows served so far, from /metrics (the sum over every API process)."""
+    r = httpx.get(f"{url}/metrics", timeout=30)
     r.raise_for_status()
-    return r.json()["served"]
+    found = {}
+    for line in r.text.splitlines():
+        for key, name in (("batches", "graft_predict_batch_inputs_count "),
+                          ("inputs", "graft_predict_batch_inputs_sum ")):
+            if line.startswith(name):
+                found[key] = float(line.split()[1])
+    return found
+
+
+def tree_cpu_s(pids: list[int]) -> float:
+    return sum(cpu_s(pid) for pid in pids)
 
 
 def run_wrk(url: str, token: str, body: bytes, clients: int, seconds: float) -> dict:
@@ -110,10 +121,11 @@ def concurrent_load(server, cid: str, body: bytes, clients: int, seconds: float,
     url = f"{server.url}/v1/compositions/{cid}/predict"
     run = run_wrk if generator() == "wrk" else run_threads
     run(url, token, body, clients, 1.0)  # warm-up: connections, threads, the batcher
-    before, server0 = _served(server.url, token), cpu_s(server.proc.pid)
+    pids = server.pids()
+    before, server0 = _served(server.url), tree_cpu_s(pids)
     stats = run(url, token, body, clients, seconds)
-    server_cpu = cpu_s(server.proc.pid) - server0
-    after = _served(server.url, token)
+    server_cpu = tree_cpu_s(pids) - server0
+    after = _served(server.url)
     if stats["bad_status"] or stats["socket_errors"]:
         raise RuntimeError(f"the load run had failed requests: {stats}")
     batches = after["batches"] - before["batches"]

@@ -20,16 +20,20 @@ def free_port() -> int:
 
 
 class LocalServer:
-    """`uvicorn app.main:create_app` on the embedded defaults in `data_dir`, with a bootstrap token."""
+    """`uvicorn app.main:create_app` on the embedded defaults in `data_dir`, with a bootstrap token.
+
+    workers > 1 runs `graft serve --workers N` instead (it needs GRAFT_BROKER_URL in `env`).
+    """
 
     def __init__(self, data_dir: Path, *, port: int = 0, token: str | None = None,
-                 env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, log_path: Path | None = None, workers: int = 1) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.token = token or secrets.token_urlsafe(24)
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
         self.log_path = log_path or self.data_dir / "server.log"
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 90.0) -> LocalServer:
@@ -43,6 +47,9 @@ class LocalServer:
                 env.pop(key, None)
         cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
                "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        if self.workers > 1:
+            cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--workers", str(self.workers)]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

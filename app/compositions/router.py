@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from typing import Annotated
@@ -209,9 +210,12 @@ def grid(session: SessionDep, _: ReadAuth) -> Grid:
 
 @router.get("/v1/serving", tags=["ops"])
 def serving_stats(request: Request, _: ReadAuth) -> JSONResponse:
-    """The model cache (entries, bytes, hits, misses, evictions), active batchers, batches served."""
+    """This process's model cache (entries, bytes, hits, misses, evictions), batchers, batches served.
+
+    Each API process has its own cache and batchers; `pid` says which process answered.
+    """
     serving = serving_of(request.app)
     return JSONResponse({
-        "cache": serving.cache.stats(), "batchers": serving.pool.active(),
+        "pid": os.getpid(), "cache": serving.cache.stats(), "batchers": serving.pool.active(),
         "served": dict(serving.pool.totals),
     })

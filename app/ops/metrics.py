@@ -11,17 +11,21 @@ same figures and nothing is lost when a process restarts. Durations come from fi
 `started_at`/`finished_at`, bucketed by SQL, so a scrape costs one aggregate query whatever the
 number of jobs.
 
-Predictions (batcher) and the model cache count in the process that serves them; with several API
-processes, Prometheus scrapes each one and sums.
+Predictions (batcher) and the model cache count in the process that serves them. Separate API
+replicas are scraped one by one and summed by Prometheus. The worker processes of one
+`graft serve --workers N` share one port, so a scrape reaches any one of them: there the parent sets
+`PROMETHEUS_MULTIPROC_DIR`, every process writes its figures to files in that folder, and
+`/metrics` sums all of them (`process_registry`).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable
 
 from fastapi.routing import APIRoute
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
@@ -71,7 +75,7 @@ CACHE_MISSES = Counter("graft_model_cache_misses_total", "Compositions loaded fr
 CACHE_EVICTIONS = Counter("graft_model_cache_evictions_total", "Compositions dropped to stay in bounds.",
                           registry=REGISTRY)
 CACHE_BYTES = Gauge("graft_model_cache_bytes", "Parameter and buffer bytes held by the model cache.",
-                    registry=REGISTRY)
+                    registry=REGISTRY, multiprocess_mode="livesum")
 
 UNMATCHED = "<unmatched>"
 JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 4 * 3600.0)
@@ -183,6 +187,29 @@ class JobCollector(Collector):
 
 def _le(bound: float) -> str:
     return str(float(bound))
+
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def multiprocess_dir() -> str | None:
+    """The folder the API processes of one `graft serve --workers N` share their figures in, if any."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def process_registry() -> CollectorRegistry:
+    """What `/metrics` reports of the processes: this one's, or the sum over every worker process."""
+    if multiprocess_dir() is None:
+        return REGISTRY
+    registry = CollectorRegistry(auto_describe=False)
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def process_stopped() -> None:
+    """Drop this process's live gauges from the shared figures (multi-process mode; else nothing)."""
+    if multiprocess_dir() is not None:
+        multiprocess.mark_process_dead(os.getpid())
 
 
 def job_registry(engine: Engine) -> CollectorRegistry:

@@ -10,7 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from app.jobs.runtime import ping_queue
-from app.ops.metrics import REGISTRY
+from app.ops.metrics import process_registry
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["operations"])
@@ -57,8 +57,8 @@ def readyz(request: Request) -> JSONResponse:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(request: Request) -> PlainTextResponse:
-    """Prometheus text: requests, predictions and cache of this process, jobs from the database."""
-    text = generate_latest(REGISTRY)
+    """Prometheus text: requests, predictions and cache of the API processes, jobs from the database."""
+    text = generate_latest(process_registry())
     jobs = getattr(request.app.state, "job_metrics", None)
     if jobs is not None:
         try:

@@ -11,13 +11,59 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
+    workers: int = typer.Option(
+        1, min=1, help="API processes sharing the port (needs GRAFT_BROKER_URL when more than 1)."
+    ),
 ) -> None:
     """Start the API (uvicorn) on the configured backends (embedded defaults when none are set)."""
     import uvicorn
 
-    from app.main import create_app
+    if workers == 1:
+        from app.main import create_app
 
-    uvicorn.run(create_app(), host=host, port=port, proxy_headers=True)
+        uvicorn.run(create_app(), host=host, port=port, proxy_headers=True)
+        return
+    _serve_workers(host, port, workers)
+
+
+def _serve_workers(host: str, port: int, workers: int) -> None:
+    """Several uvicorn worker processes on one port: one interpreter each, so predicts use every core.
+
+    The parent migrates the database once; each worker builds its app without migrating. Torch's
+    threads are split between the workers (OMP_NUM_THREADS, unless set). Prometheus figures of all
+    workers are kept in one folder and summed by `/metrics` whichever worker answers the scrape.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    from app.config import get_settings
+    from app.db import migrate
+    from app.db.session import make_engine
+    from app.ops.metrics import MULTIPROC_ENV
+
+    settings = get_settings()
+    if settings.embedded_jobs:
+        raise typer.BadParameter(
+            "several API processes need a job queue: set GRAFT_BROKER_URL (Redis) and run `graft worker`. "
+            "With the in-process job runner each process would run jobs in its own memory and, on start, "
+            "take back the jobs another process is running.",
+            param_hint="--workers",
+        )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
+    metrics_dir = tempfile.mkdtemp(prefix="graft-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run("app.main:create_worker_app", factory=True, host=host, port=port, workers=workers,
+                    proxy_headers=True)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @db_app.command("upgrade")
