@@ -15,13 +15,17 @@ def serve(
         1, min=1, help="API processes sharing the port (needs GRAFT_BROKER_URL when more than 1)."
     ),
 ) -> None:
-    """Start the API (uvicorn) on the configured backends (embedded defaults when none are set)."""
+    """Start the API (uvicorn) on the configured backends (embedded defaults when none are set).
+
+    Graft writes one access line per request itself (`app.access`, with the request id), so
+    uvicorn's own access log is off.
+    """
     import uvicorn
 
     if workers == 1:
         from app.main import create_app
 
-        uvicorn.run(create_app(), host=host, port=port, proxy_headers=True)
+        uvicorn.run(create_app(), host=host, port=port, proxy_headers=True, access_log=False)
         return
     _serve_workers(host, port, workers)
 
@@ -61,7 +65,7 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         uvicorn.run("app.main:create_worker_app", factory=True, host=host, port=port, workers=workers,
-                    proxy_headers=True)
+                    proxy_headers=True, access_log=False)
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
 
