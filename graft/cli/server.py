@@ -31,7 +31,7 @@ def serve(
 
 
 def _serve_workers(host: str, port: int, workers: int) -> None:
-    """Several uvicorn worker processes on one port: one interpreter each, so predicts use every core.
+    """Several API processes on one port, each with its own socket (`app/supervisor.py`).
 
     The parent migrates the database once; each worker builds its app without migrating. Torch's
     threads are split between the workers (OMP_NUM_THREADS, unless set). Prometheus figures of all
@@ -41,12 +41,11 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
     import shutil
     import tempfile
 
-    import uvicorn
-
     from app.config import get_settings
     from app.db import migrate
     from app.db.session import make_engine
     from app.ops.metrics import MULTIPROC_ENV
+    from app.supervisor import Supervisor
 
     settings = get_settings()
     if settings.embedded_jobs:
@@ -64,10 +63,12 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
     metrics_dir = tempfile.mkdtemp(prefix="graft-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
     try:
-        uvicorn.run("app.main:create_worker_app", factory=True, host=host, port=port, workers=workers,
-                    proxy_headers=True, access_log=False)
+        status = Supervisor(host, port, workers).run()
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
+    if status:
+        typer.echo(f"an API process could not start (is port {port} free?); see the log above", err=True)
+        raise typer.Exit(status)
 
 
 @db_app.command("upgrade")

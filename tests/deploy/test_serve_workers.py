@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+from collections import Counter
 from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
 
+from bench.serving_spread import connection_pids
 from graft import Client
 from graft.local_server import LocalServer, free_port
 from tests.graft.nets import ResNetish, trained_like
@@ -34,22 +39,13 @@ def test_several_workers_without_a_queue_are_refused(tmp_path: Path) -> None:
     assert "GRAFT_BROKER_URL" in done.stderr and "--workers" in done.stderr
 
 
-def _answering_pids(server: LocalServer, tries: int = 200) -> set[int]:
-    """The processes that answer `/v1/serving`, one new connection per request."""
-    pids: set[int] = set()
-    headers = {"Authorization": f"Bearer {server.token}"}
-    for _ in range(tries):
-        pids.add(httpx.get(f"{server.url}/v1/serving", headers=headers, timeout=30).json()["pid"])
-        if len(pids) >= server.workers:
-            break
-    return pids
-
-
 def test_two_processes_serve_one_registry(tmp_path: Path, redis_broker: str) -> None:  # noqa: F811
     server = LocalServer(tmp_path / "data", workers=2,
                          env={**_no_graft_env(), "GRAFT_BROKER_URL": redis_broker})
     with server:
-        assert len(_answering_pids(server)) == 2  # two processes take connections on the one port
+        # Each process has its own socket on the port: connections opened at once spread over both.
+        spread = Counter(connection_pids(server.port, server.token, 32))
+        assert len(spread) == 2 and min(spread.values()) >= 6, spread
 
         model = trained_like(ResNetish(classes=3))
         x = torch.randn(4, 3, 8, 8)
@@ -86,3 +82,39 @@ def _or_zero(text: str, route: str) -> float:
         return sample(text, "graft_http_requests_total", route=route, method="POST", status="200")
     except AssertionError:
         return 0.0
+
+
+def test_a_dead_process_is_replaced_and_a_taken_port_is_an_error(tmp_path: Path,
+                                                                  redis_broker: str) -> None:  # noqa: F811
+    env = {**_no_graft_env(), "GRAFT_BROKER_URL": redis_broker}
+    server = LocalServer(tmp_path / "data", workers=2, env=env)
+    with server:
+        started = time.monotonic()
+        first = set(connection_pids(server.port, server.token, 16))
+        assert len(first) == 2, first
+        time.sleep(max(0.0, 11.0 - (time.monotonic() - started)))  # past the quick-death window
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:  # the parent starts another process on the same port
+            try:
+                now = set(connection_pids(server.port, server.token, 16))
+            except (OSError, ValueError):
+                now = set()
+            if len(now) == 2 and victim not in now:
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"no replacement for the killed process: {now}\n{server.log_tail()}")
+
+    with socket.socket() as taken:  # a plain socket (no SO_REUSEPORT) holds the port
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "graft.cli", "serve", "--port", str(port), "--workers", "2"],
+            env={**env, "GRAFT_DATA_DIR": str(tmp_path / "other")}, capture_output=True, text=True,
+            timeout=120,
+        )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"is port {port} free?" in done.stderr
