@@ -83,25 +83,27 @@ def free_port() -> int:
 
 
 class Server:
-    """A uvicorn process running Graft on `data_dir` with extra GRAFT_* settings.
+    """`graft serve` on `data_dir` with extra GRAFT_* settings, as deployed (its defaults included).
 
     cwd: the source tree to run (another checkout, for side-by-side runs; default this one);
     workers: API processes (more than 1: `graft serve --workers N`, with a Redis broker URL from
-    GRAFT_BENCH_REDIS_URL, as that mode requires; no job is submitted); env: more environment variables.
+    GRAFT_BENCH_REDIS_URL, as that mode requires; no job is submitted); env: more environment variables;
+    bare: plain `uvicorn app.main:create_app` instead, without `graft serve`'s defaults (one process).
     """
 
     def __init__(self, data_dir: Path, *, cwd: Path | None = None, workers: int = 1,
-                 env: dict[str, str] | None = None, **settings: object) -> None:
+                 env: dict[str, str] | None = None, bare: bool = False, **settings: object) -> None:
         self.port = free_port()
         env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN, **(env or {}),
                **{f"GRAFT_{k.upper()}": str(v) for k, v in settings.items()}}
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-               "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if workers > 1:
             env.setdefault("GRAFT_BROKER_URL",
                            os.environ.get("GRAFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-            cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--workers", str(workers)]
+            cmd += ["--workers", str(workers)]
+        if bare:
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
+                   "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
         self.workers = workers
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)

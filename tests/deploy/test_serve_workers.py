@@ -46,6 +46,10 @@ def test_two_processes_serve_one_registry(tmp_path: Path, redis_broker: str) -> 
         # Each process has its own socket on the port: connections opened at once spread over both.
         spread = Counter(connection_pids(server.port, server.token, 32))
         assert len(spread) == 2 and min(spread.values()) >= 6, spread
+        threads = os.environ.get("OMP_NUM_THREADS") or str(max(1, (os.cpu_count() or 1) // 2))
+        for pid in spread:  # torch's threads split between the processes
+            environ = Path(f"/proc/{pid}/environ").read_bytes().decode().split("\0")
+            assert f"OMP_NUM_THREADS={threads}" in environ
 
         model = trained_like(ResNetish(classes=3))
         x = torch.randn(4, 3, 8, 8)
