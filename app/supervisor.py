@@ -2,7 +2,8 @@
 
 uvicorn's own `--workers` shares one listening socket between its processes, and the kernel hands a
 new connection to whichever process accepts first: a client that opens its connections at once can
-land every one of them on one process (bench/results/serving.md, a round where all 32 did). Here each
+land every one of them on one process (bench/results/serving-runs.md, run B2: a round where all 32
+did; serving-spread.md measures the spread). Here each
 process binds the port itself with SO_REUSEPORT, and the kernel spreads connections between the
 sockets by a hash of their addresses.
 
@@ -35,7 +36,6 @@ def bind_shared(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     sock.listen(BACKLOG)
-    sock.set_inheritable(True)
     return sock
 
 

@@ -51,6 +51,8 @@ X_SHAPE = [None, 3, 32, 32]
 FEAT_SHAPE = [None, 32, 16, 16]
 CLIENTS = 32
 ROUNDS = 3
+BENCH_BROKER = os.environ.get("GRAFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+"""The broker `graft serve --workers N` requires (no job is ever submitted by these benchmarks)."""
 OVERHEAD_BLOCKS = 8
 """The overhead is the median over this many (HTTP p50, raw p50) pairs of blocks measured in turn."""
 WRK_BLOCK_S = 1
@@ -96,14 +98,15 @@ class Server:
         self.port = free_port()
         env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN, **(env or {}),
                **{f"GRAFT_{k.upper()}": str(v) for k, v in settings.items()}}
-        cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
-        if workers > 1:
-            env.setdefault("GRAFT_BROKER_URL",
-                           os.environ.get("GRAFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
-            cmd += ["--workers", str(workers)]
         if bare:
             cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
                    "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
+        else:
+            cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1",
+                   "--port", str(self.port)]
+        if workers > 1:
+            env.setdefault("GRAFT_BROKER_URL", BENCH_BROKER)
+            cmd += ["--workers", str(workers)]
         self.workers = workers
         self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
@@ -372,9 +375,7 @@ def throughput(data_dir: Path, workers: int, cid: str, body: bytes, seconds: flo
         for _ in range(rounds):
             one = {key: concurrent_load(server, cid, body, CLIENTS, seconds, TOKEN)
                    for key, server in servers.items()}
-            batch = max(1, round(one["batched"]["mean_batch"]))
-            one["raw_1p"] = raw_machine_rows_per_s(files, spec, batch, 1)
-            one["raw_np"] = raw_machine_rows_per_s(files, spec, batch, workers) if workers > 1 else 0.0
+            one.update(_bare_forward(files, spec, max(1, round(one["batched"]["mean_batch"])), workers))
             one["vs_raw"] = one["batched"]["rps"] / max(one["raw_1p"], one["raw_np"])
             one["vs_unbatched"] = one["batched"]["rps"] / one["unbatched"]["rps"]
             out["rounds"].append(one)
@@ -382,12 +383,20 @@ def throughput(data_dir: Path, workers: int, cid: str, body: bytes, seconds: flo
         for server in servers.values():
             server.stop()
     # the forward's own gain from batching, once: inputs/s at the last round's batch vs at batch 1
-    out["raw_b1_1p"] = raw_machine_rows_per_s(files, spec, 1, 1)
-    out["raw_b1_np"] = raw_machine_rows_per_s(files, spec, 1, workers) if workers > 1 else 0.0
-    out["raw_at_batch_last"] = max(one["raw_1p"], one["raw_np"])
+    out["b1"] = _bare_forward(files, spec, 1, workers)
     for key in ("vs_raw", "vs_unbatched"):
         out[key] = statistics.median(r[key] for r in out["rounds"])
     return out
+
+
+def _bare_forward(files: dict, spec: dict, batch: int, workers: int) -> dict:
+    """The bare forward's inputs/s at `batch`: in one process (raw_1p) and in `workers` at once (raw_np)."""
+    return {"raw_1p": raw_machine_rows_per_s(files, spec, batch, 1),
+            "raw_np": raw_machine_rows_per_s(files, spec, batch, workers) if workers > 1 else 0.0}
+
+
+def _ok(good: bool) -> str:
+    return "met" if good else "NOT met"
 
 
 def _per_round(rounds: list[dict], fmt: str, *paths: str) -> str:
@@ -400,18 +409,18 @@ def _per_round(rounds: list[dict], fmt: str, *paths: str) -> str:
 
 
 def _throughput_lines(t: dict) -> list[str]:
-    ok = lambda good: "met" if good else "NOT met"  # noqa: E731
-    n, rounds = t["n"], t["rounds"]
+    n, rounds, b1 = t["n"], t["rounds"], t["b1"]
     title = ("one process (`graft serve`), torch's threads" if n == 1 else
              f"{n} API processes (`graft serve --workers {n}`, torch threads split: {n} × "
              f"{max(1, (os.cpu_count() or 1) // n)})")
     if n == 1:
-        raw, raw_what, b1 = _per_round(rounds, "{:.0f}", "raw_1p"), "inputs/s", f"{t['raw_b1_1p']:.0f}"
+        raw, raw_what, b1_text = _per_round(rounds, "{:.0f}", "raw_1p"), "inputs/s", f"{b1['raw_1p']:.0f}"
     else:
         raw = _per_round(rounds, "{:.0f} / {:.0f}", "raw_1p", "raw_np")
         raw_what = f"inputs/s, 1 process / {n} processes at once (the larger counts)"
-        b1 = f"{t['raw_b1_1p']:.0f} / {t['raw_b1_np']:.0f}"
-    gain = t["raw_at_batch_last"] / max(t["raw_b1_1p"], t["raw_b1_np"])
+        b1_text = f"{b1['raw_1p']:.0f} / {b1['raw_np']:.0f}"
+    last = rounds[-1]
+    gain = max(last["raw_1p"], last["raw_np"]) / max(b1["raw_1p"], b1["raw_np"])
     return [
         "",
         f"## Throughput, {CLIENTS} clients: {title}",
@@ -435,10 +444,10 @@ def _throughput_lines(t: dict) -> list[str]:
         "| throughput vs bare forward | " + _per_round(rounds, "{:.2f}×", "vs_raw") + " | |",
         "| throughput vs batching off | " + _per_round(rounds, "{:.2f}×", "vs_unbatched") + " | |",
         f"| **throughput vs bare forward, median** | **{t['vs_raw']:.2f}×** | ≥ 0.7×: "
-        f"{ok(t['vs_raw'] >= 0.7)} |",
+        f"{_ok(t['vs_raw'] >= 0.7)} |",
         f"| **throughput vs batching off, median** | **{t['vs_unbatched']:.2f}×** | ≥ 5×: "
-        f"{ok(t['vs_unbatched'] >= 5)} |",
-        f"| bare forward at batch 1, {raw_what.split(' (')[0]} | {b1} | |",
+        f"{_ok(t['vs_unbatched'] >= 5)} |",
+        f"| bare forward at batch 1, {raw_what.split(' (')[0]} | {b1_text} | |",
         f"| the bare forward's own gain from batching (last round's batch vs batch 1) | {gain:.2f}× | "
         "caps what batching can give when the forward is all the work |",
     ]
@@ -458,7 +467,6 @@ def _generator_text(name: str) -> str:
 
 
 def report(r: dict, n_comp: int, cache_of: int) -> None:
-    ok = lambda good: "met" if good else "NOT met"  # noqa: E731
     lines = [
         "# Serving benchmark (`python -m bench.serving`)",
         "",
@@ -479,9 +487,9 @@ def report(r: dict, n_comp: int, cache_of: int) -> None:
            f"{r['http_p50_npy_wrk_ms']:.2f} ms | |"] if "http_p50_npy_wrk_ms" in r else []),
         f"| predict over HTTP, one input (JSON), p50 | {r['http_p50_json_ms']:.2f} ms | |",
         f"| **serving overhead (.npy), Python client** | **{r['overhead_npy_ms']:.2f} ms** | < 3 ms: "
-        f"{ok(r['overhead_npy_ms'] < 3)} |",
+        f"{_ok(r['overhead_npy_ms'] < 3)} |",
         *([f"| **serving overhead (.npy), C client** (the client's own cost left out) | "
-           f"**{r['overhead_npy_wrk_ms']:.2f} ms** | < 3 ms: {ok(r['overhead_npy_wrk_ms'] < 3)} |"]
+           f"**{r['overhead_npy_wrk_ms']:.2f} ms** | < 3 ms: {_ok(r['overhead_npy_wrk_ms'] < 3)} |"]
           if "overhead_npy_wrk_ms" in r else []),
         f"| serving overhead (JSON) | {r['overhead_json_ms']:.2f} ms | |",
         f"| cold start, first composition in a fresh server | {r['cold_first_ms']:.0f} ms | |",

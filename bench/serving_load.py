@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -56,13 +57,10 @@ def _served(url: str) -> dict:
     """Batches and input rows served so far, from /metrics (the sum over every API process)."""
     r = httpx.get(f"{url}/metrics", timeout=30)
     r.raise_for_status()
-    found = {}
-    for line in r.text.splitlines():
-        for key, name in (("batches", "graft_predict_batch_inputs_count "),
-                          ("inputs", "graft_predict_batch_inputs_sum ")):
-            if line.startswith(name):
-                found[key] = float(line.split()[1])
-    return found
+    samples = {s.name: s.value for family in text_string_to_metric_families(r.text) for s in family.samples
+               if not s.labels}
+    return {"batches": samples["graft_predict_batch_inputs_count"],
+            "inputs": samples["graft_predict_batch_inputs_sum"]}
 
 
 def tree_cpu_s(pids: list[int]) -> float:

@@ -22,7 +22,7 @@ from collections import Counter
 
 import httpx
 
-from bench.serving import RESULTS, TOKEN, free_port
+from bench.serving import BENCH_BROKER, RESULTS, TOKEN, free_port
 
 CONNECTIONS = 32
 ROUNDS = 10
@@ -70,7 +70,7 @@ def splits(cmd: list[str], port: int, env: dict[str, str]) -> list[list[int]]:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="graft-spread-") as tmp:
         env = {**os.environ, "GRAFT_DATA_DIR": tmp, "GRAFT_BOOTSTRAP_TOKEN": TOKEN,
-               "GRAFT_BROKER_URL": os.environ.get("GRAFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")}
+               "GRAFT_BROKER_URL": BENCH_BROKER}
         subprocess.run([sys.executable, "-m", "graft.cli", "db", "upgrade"], env=env, check=True,
                        capture_output=True)
         results = {}

@@ -67,7 +67,7 @@ def main() -> None:
                 finally:
                     idle.stop()
                     server.stop()
-    lines = ["# One API process, three thread settings (`python -m bench.serving_threads`)", "",
+    lines = ["# One API process, four thread settings (`python -m bench.serving_threads`)", "",
              f"Machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end; "
              "wrk -t1 -c32, "
              f"{SECONDS:g} s per load, {ROUNDS} rounds taking the settings in turn; a second, idle server "

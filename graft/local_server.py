@@ -45,11 +45,12 @@ class LocalServer:
         for key in ("GRAFT_DATABASE_URL", "GRAFT_ARTIFACTS_URL", "GRAFT_BROKER_URL"):
             if key not in self.extra_env:
                 env.pop(key, None)
-        cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
-               "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         if self.workers > 1:
             cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1",
                    "--port", str(self.port), "--workers", str(self.workers)]
+        else:
+            cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app",
+                   "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - kept open for the child's lifetime
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         log.close()

@@ -42,8 +42,6 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
     import tempfile
 
     from app.config import get_settings
-    from app.db import migrate
-    from app.db.session import make_engine
     from app.ops.metrics import MULTIPROC_ENV
     from app.supervisor import Supervisor
 
@@ -55,10 +53,7 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
             "take back the jobs another process is running.",
             param_hint="--workers",
         )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    migrate.upgrade(engine)
-    engine.dispose()
+    _upgrade_database(settings)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     metrics_dir = tempfile.mkdtemp(prefix="graft-metrics-")
     os.environ[MULTIPROC_ENV] = metrics_dir
@@ -71,18 +66,23 @@ def _serve_workers(host: str, port: int, workers: int) -> None:
         raise typer.Exit(status)
 
 
-@db_app.command("upgrade")
-def db_upgrade() -> None:
-    """Run the database migrations up to the newest revision."""
-    from app.config import get_settings
+def _upgrade_database(settings) -> None:  # noqa: ANN001 (app.config is imported lazily)
+    """Migrate the configured database to the newest revision (making the data folder first)."""
     from app.db import migrate
     from app.db.session import make_engine
 
-    settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
     migrate.upgrade(engine)
     engine.dispose()
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Run the database migrations up to the newest revision."""
+    from app.config import get_settings
+
+    _upgrade_database(get_settings())
     typer.echo("database is at the newest revision")
 
 
