@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -25,6 +26,7 @@ from app.models import Module, ModuleVersion
 from app.modules import repository
 from app.modules.probe import ProbeFailed, probe_artifact
 from app.modules.schemas import ALIAS_PATTERN, NAME_PATTERN, VersionMeta
+from app.ops.metrics import UPLOAD_PHASE
 from app.storage import ArtifactStore, key_for
 from app.storage.base import PendingPut
 from transplant.artifacts import ArtifactError, PickledArtifact, check_format, shape_elements
@@ -273,7 +275,10 @@ def add_version(
         # Streamed: only the parts still in flight are left to wait for.
         put = pool.submit(pending.wait) if pending else pool.submit(store.put_file, file_path, key)
         try:
+            started = time.perf_counter()
             output_shape = _probe(settings, file_path, parsed)
+            probed = time.perf_counter()
+            UPLOAD_PHASE.labels("probe").observe(probed - started)
         except BaseException:
             if pending is not None:
                 pending.abort()  # nothing was visible yet: no object to remove
@@ -284,6 +289,7 @@ def add_version(
             put.result()
             if pending is not None:
                 pending.complete()
+            UPLOAD_PHASE.labels("store").observe(time.perf_counter() - probed)
         except Exception as exc:
             if pending is not None:
                 pending.abort()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.concurrency import run_in_threadpool
 
 from app.errors import BadRequest, TooLarge, UnsupportedFormat
+from app.ops.metrics import UPLOAD_PHASE, UPLOADED_BYTES
 from app.storage.base import PendingPut
 
 # (the text parts received before the file part, the temp file's path) -> a PendingPut, or None.
@@ -129,7 +131,7 @@ class _Receiver:
                 self.pending = self.start_put(dict(self.fields), self.path)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
-        chunk = data[start:end]
+        chunk = memoryview(data)[start:end]  # no copy of the socket's chunk
         if self._current == self.file_field:
             self.size += len(chunk)
             if self.size > self.max_bytes:
@@ -175,8 +177,11 @@ async def receive_multipart(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(tmp_dir, max_bytes, file_field, start_put)
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
+    started: float | None = None
     try:
         async for chunk in request.stream():
+            if started is None:
+                started = time.perf_counter()
             parser.write(chunk)
         parser.finalize()
         if receiver.fh is None or receiver.path is None:
@@ -184,6 +189,8 @@ async def receive_multipart(
         receiver.fh.close()
         if receiver.pending is not None:
             receiver.pending.finish(receiver.size)
+        UPLOAD_PHASE.labels("receive").observe(time.perf_counter() - started)
+        UPLOADED_BYTES.inc(receiver.size)
     except BaseException as exc:
         if receiver.fh is not None:
             receiver.fh.close()

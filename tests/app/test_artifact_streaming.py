@@ -28,6 +28,7 @@ from app.storage.s3_stream import S3MultipartPut
 from app.storage.sweeper import sweep_orphans
 from tests.app.test_modules import make_module
 from tests.conftest import ADMIN_TOKEN
+from tests.ops.test_metrics import growth
 from tests.services import s3_settings
 from transplant.artifacts import save_module
 
@@ -109,6 +110,7 @@ def test_streamed_upload_then_presigned_download(s3_api, s3_calls, big, monkeypa
         raise AssertionError("a declared digest must stream, not put the file again")
 
     monkeypatch.setattr(store, "put_file", no_second_put)
+    before = s3_api.get("/metrics").text
     resp = send(s3_api, big, sha)
     assert resp.status_code == 201, resp.text
     assert (resp.json()["sha256"], resp.json()["size"]) == (sha, len(big))
@@ -116,6 +118,19 @@ def test_streamed_upload_then_presigned_download(s3_api, s3_calls, big, monkeypa
     assert s3_calls["create_multipart_upload"] == 1 and s3_calls["abort_multipart_upload"] == 0
     assert s3_calls["part"] == (2 if sender == "sendfile" else 0)  # 5 MiB + the rest
     assert send(s3_api, big, sha).status_code == 200  # same bytes again: the same version, nothing sent
+
+    # Where the uploads' time went (/metrics): both bodies were received, only the first was probed
+    # and stored.
+    after = s3_api.get("/metrics").text
+
+    def grew(name: str, **labels: str) -> float:
+        return growth(before, after, name, **labels)
+
+    assert grew("graft_upload_phase_seconds_count", phase="receive") == 2
+    assert grew("graft_upload_phase_seconds_count", phase="probe") == 1
+    assert grew("graft_upload_phase_seconds_count", phase="store") == 1
+    assert grew("graft_upload_phase_seconds_sum", phase="probe") > 0
+    assert grew("graft_uploaded_bytes_total") == 2 * len(big)
 
     redirect = s3_api.get("/v1/modules/big/versions/1/artifact", follow_redirects=False)
     assert redirect.status_code == 307

@@ -38,6 +38,18 @@ def sample(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels} in /metrics")
 
 
+def growth(before: str, after: str, name: str, **labels: str) -> float:
+    """How much a sample grew between two scrapes (a series first seen in `after` started at 0).
+
+    The registry is process-wide: other tests in this process add to it too, hence differences.
+    """
+    try:
+        start = sample(before, name, **labels)
+    except AssertionError:
+        start = 0.0
+    return sample(after, name, **labels) - start
+
+
 @pytest.fixture
 def api(tmp_path) -> TestClient:
     settings = Settings(data_dir=tmp_path / "graft", bootstrap_token=ADMIN_TOKEN)
@@ -66,12 +78,7 @@ def test_metrics_after_a_job_and_a_predict(api: TestClient) -> None:
     text = api.get("/metrics").text
 
     def grew(name: str, **labels: str) -> float:
-        # The request counters are process-wide: other tests in this process add to them too.
-        try:
-            start = sample(before, name, **labels)
-        except AssertionError:
-            start = 0.0
-        return sample(text, name, **labels) - start
+        return growth(before, text, name, **labels)
 
     # Requests on routers that never opted in (jobs, web) are measured too, by template.
     assert grew("graft_http_requests_total", route="/v1/jobs/{job_id}", method="GET", status="200") >= 1
