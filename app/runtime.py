@@ -1,4 +1,5 @@
-"""Start and stop what lives beside the HTTP routes: the job dispatcher/runner and the model cache."""
+"""Start and stop what lives beside the HTTP routes: the job dispatcher/runner, the model cache and the
+upload probe's forkserver."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from fastapi import FastAPI
 
 from app.compositions import runtime as compositions_runtime
 from app.jobs import runtime as jobs_runtime
+from app.modules.probe import start_forkserver
 from app.ops.metrics import process_stopped
 
 
 def start(app: FastAPI) -> None:
     """Called once when the server starts (lifespan)."""
+    start_forkserver()  # the upload probe's; warms up in the background
     jobs_runtime.start(app)
     compositions_runtime.start(app)
 

@@ -6,7 +6,8 @@ a module whose weights or forward pass want more fails its allocation inside the
 it, and the API process never sees the allocation. Children fork from a forkserver that has already
 imported torch and loaded one tiny torch_export program (the first `torch.export.load` of a process
 pulls in ~2-5 s of lazy imports), so each probe starts in milliseconds; the API process never holds
-the artifact's weights.
+the artifact's weights. The server starts the forkserver as it starts (`start_forkserver`), so the first
+upload after a restart is not the one that waits for torch's imports.
 """
 
 from __future__ import annotations
@@ -64,6 +65,18 @@ def _ctx():
             ctx.set_forkserver_preload(_PRELOAD)
             _context = ctx
     return _context
+
+
+def start_forkserver() -> None:
+    """Start the forkserver now (it warms up on its own), so the first upload does not wait seconds for it.
+
+    Returns at once: the server process imports torch and runs `_warm_up` in the background, and the
+    first probe's fork waits only for what is left of that.
+    """
+    from multiprocessing import forkserver
+
+    _ctx()
+    forkserver.ensure_running()
 
 
 def _limit_memory(extra_bytes: int) -> None:
