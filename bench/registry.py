@@ -16,6 +16,7 @@ Run: `python -m bench.registry` (needs PostgreSQL at 127.0.0.1:5432 and `weed` f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -33,15 +34,17 @@ import boto3
 import httpx
 import psycopg
 import torch
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.registry_report import report
 from tests.services import ACCESS_KEY, SECRET_KEY, start_seaweedfs, stop_seaweedfs
+from transplant import artifacts
 
 PG_ADMIN = os.environ.get("GRAFT_TEST_PG_DSN", "host=127.0.0.1 port=5432 dbname=test user=postgres")
 RESULTS = Path(__file__).parent / "results"
 TOKEN = "bench-admin-token-0123456789"
 SIZE_MB = 256
-REPEATS = 3
+REPEATS = 5
 
 
 def _create_db() -> tuple[str, str]:
@@ -170,6 +173,67 @@ def _timed_download(client, version: int) -> tuple[float, int]:
     return time.perf_counter() - t0, sink.n
 
 
+def _phase_sums(base: str) -> dict[str, float]:
+    """Seconds spent so far in each upload phase, from the API's /metrics."""
+    text = httpx.get(base + "/metrics", timeout=10).text
+    return {s.labels["phase"]: s.value for family in text_string_to_metric_families(text)
+            for s in family.samples if s.name == "graft_upload_phase_seconds_sum"}
+
+
+def _work_alone(path: Path, s3c, bucket: str, pid_s3: int) -> dict[str, float]:  # noqa: ANN001
+    """The work any API upload of `path` needs besides relaying it, each measured on its own here:
+    the S3 server storing it from a client that costs next to nothing (presigned parts sent with
+    sendfile, as the API sends them), hashing it once (the client to name it, the API to check it:
+    twice per upload), and loading and running it once (the probe)."""
+    from app.storage.s3_stream import S3MultipartPut
+
+    size = path.stat().st_size
+    with CpuMeter(pid_s3, None) as cpu:
+        t0 = time.perf_counter()
+        put = S3MultipartPut(s3c, bucket, f"alone/{uuid.uuid4().hex}", path, part_size=16 << 20,
+                             receiving=8, concurrency=8)
+        put.finish(size)
+        put.complete()
+        wall = time.perf_counter() - t0
+    # This thread's CPU only: the process's other threads (boto3's, torch's idle OpenMP ones) are not these.
+    c0 = time.thread_time()
+    with open(path, "rb") as fh:
+        hashlib.file_digest(fh, "sha256")
+    hash_cpu = time.thread_time() - c0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the probe child
+    c0 = time.thread_time()
+    artifacts.probe_output_shape(artifacts.load_module(path, "torchscript"), [None, 8192])
+    probe_cpu = time.thread_time() - c0
+    torch.set_num_threads(threads)
+    return {"s3_alone_s": wall, "s3_alone_cpu_s": cpu.used["s3"], "sha256_cpu_s": hash_cpu,
+            "probe_cpu_s": probe_cpu, "relay_cpu_s": _relay_cpu_s(path)}
+
+
+def _relay_cpu_s(path: Path) -> float:
+    """CPU seconds of the one hop a relay adds at the least: the file sent over loopback TCP with
+    sendfile and received into a file, with no Python work on the bytes (both ends in this process)."""
+    received_cpu = []
+    with socket.create_server(("127.0.0.1", 0)) as server, tempfile.TemporaryDirectory() as tmp:
+        def receive() -> None:
+            conn, _ = server.accept()
+            c0 = time.thread_time()
+            buf = memoryview(bytearray(1 << 20))
+            with conn, open(Path(tmp) / "received", "wb") as out:
+                while n := conn.recv_into(buf):
+                    out.write(buf[:n])
+            received_cpu.append(time.thread_time() - c0)
+
+        receiver = threading.Thread(target=receive)
+        receiver.start()
+        c0 = time.thread_time()
+        with socket.create_connection(server.getsockname()) as conn, open(path, "rb") as fh:
+            conn.sendfile(fh)
+        sent_cpu = time.thread_time() - c0
+        receiver.join()
+        return sent_cpu + received_cpu[0]
+
+
 def bench_throughput(workdir: Path) -> dict:
     from graft import Client
 
@@ -195,13 +259,21 @@ def bench_throughput(workdir: Path) -> dict:
         client, proxying = Client(base, TOKEN, timeout=600), Client(proxy_base, TOKEN, timeout=600)
         client.create_module("big", "task", task="t")
         meta = {"format": "torchscript", "input_shape": [None, 8192]}
+        # Untimed first: the S3 server makes the bucket's volumes and the API its connections.
+        path = workdir / "warm-up.pt"
+        _artifact(path, seed=999)
+        client.upload_version("big", path, meta)
+        s3c.upload_file(str(path), s3.bucket, "direct/warm-up", Config=transfer)
+        path.unlink()
         runs = []
         for i in range(REPEATS):
             path = workdir / f"big-{i}.pt"
             _artifact(path, seed=i)
             size = path.stat().st_size
+            phases0 = _phase_sums(base)
             with CpuMeter(proc_s3.pid, server.pid) as cpu_api:
                 t_up, up = _timed_upload(client, server, path, meta, declare=True)
+            phases = {k: v - phases0.get(k, 0.0) for k, v in _phase_sums(base).items()}
             version = up["body"]["version"]
             t_down, got = _timed_download(client, version)
             assert got == size
@@ -218,6 +290,7 @@ def bench_throughput(workdir: Path) -> dict:
             got = sum(len(c) for c in body.iter_chunks(1 << 20))
             t_s3_down = time.perf_counter() - t0
             assert got == size
+            alone = _work_alone(path, s3c, s3.bucket, proc_s3.pid)
 
             # The path without a declared digest (receive everything, then put to S3), new bytes.
             _artifact(path, seed=1000 + i)
@@ -234,6 +307,7 @@ def bench_throughput(workdir: Path) -> dict:
                 **{f"cpu_s_api_upload_{k}": v for k, v in cpu_api.used.items()},
                 **{f"cpu_s_api_upload_undeclared_{k}": v for k, v in cpu_plain.used.items()},
                 **{f"cpu_s_s3_upload_{k}": v for k, v in cpu_direct.used.items()},
+                **{f"phase_{k}_s": v for k, v in phases.items()}, **alone,
                 "load_average": os.getloadavg()[0],
             })
             print(f"run {i}: " + ", ".join(f"{k}={v:.2f}" for k, v in runs[-1].items()), flush=True)
