@@ -39,13 +39,7 @@ def pick_finalists(
     children = [{"name": child_name(c), "score": s, "child": c, "warm": None} for c, s in ranked]
     warm_pool = [{**w, "warm": w["name"]} for w in warm if w["score"] is not None]
     if stratify:
-        by_depth: dict[int, list[dict]] = {}
-        for p in children:
-            by_depth.setdefault(p["child"].layers, []).append(p)
-        interleaved: list[dict] = []
-        for i in range(max((len(v) for v in by_depth.values()), default=0)):
-            row = [v[i] for v in by_depth.values() if i < len(v)]
-            interleaved += sorted(row, key=lambda p: p["score"])
+        interleaved = round_robin(children, lambda p: p["child"].layers, lambda p: p["score"])
         n_warm = sum(1 for w in sorted(warm_pool + children[:k], key=lambda p: p["score"])[:k] if w["warm"])
         chosen = sorted(warm_pool, key=lambda p: p["score"])[:n_warm] + interleaved[: k - n_warm]
     else:
@@ -56,6 +50,18 @@ def pick_finalists(
         for q in p["module"].parameters():
             q.requires_grad_(True)
     return chosen
+
+
+def round_robin(items: list, group: Callable[[Any], Any], score: Callable[[Any], float]) -> list:
+    """`items` (each group best first already) taken round-robin over the groups: the best of every
+    group, best score first, then the second of every group, and so on."""
+    by_group: dict = {}
+    for item in items:
+        by_group.setdefault(group(item), []).append(item)
+    out: list = []
+    for i in range(max((len(v) for v in by_group.values()), default=0)):
+        out += sorted((v[i] for v in by_group.values() if i < len(v)), key=score)
+    return out
 
 
 def schedule(n: int, steps: int, mode: str) -> list[tuple[int, int]]:
