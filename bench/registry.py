@@ -183,18 +183,21 @@ def _phase_sums(base: str) -> dict[str, float]:
 def _work_alone(path: Path, s3c, bucket: str, pid_s3: int) -> dict[str, float]:  # noqa: ANN001
     """The work any API upload of `path` needs besides relaying it, each measured on its own here:
     the S3 server storing it from a client that costs next to nothing (presigned parts sent with
-    sendfile, as the API sends them), hashing it once (the client to name it, the API to check it:
-    twice per upload), and loading and running it once (the probe)."""
+    sendfile, as the API sends them; 2 and 8 parts in flight), hashing it once (the client to name
+    it, the API to check it: twice per upload), and loading and running it once (the probe)."""
     from app.storage.s3_stream import S3MultipartPut
 
     size = path.stat().st_size
-    with CpuMeter(pid_s3, None) as cpu:
-        t0 = time.perf_counter()
-        put = S3MultipartPut(s3c, bucket, f"alone/{uuid.uuid4().hex}", path, part_size=16 << 20,
-                             receiving=8, concurrency=8)
-        put.finish(size)
-        put.complete()
-        wall = time.perf_counter() - t0
+    alone = {}
+    for parts in (2, 8):  # in flight at once: the S3 server's CPU for the same bytes depends on it
+        with CpuMeter(pid_s3, None) as cpu:
+            t0 = time.perf_counter()
+            put = S3MultipartPut(s3c, bucket, f"alone/{uuid.uuid4().hex}", path, part_size=16 << 20,
+                                 receiving=parts, concurrency=parts)
+            put.finish(size)
+            put.complete()
+            alone[f"s3_alone_{parts}_s"] = time.perf_counter() - t0
+        alone[f"s3_alone_{parts}_cpu_s"] = cpu.used["s3"]
     # This thread's CPU only: the process's other threads (boto3's, torch's idle OpenMP ones) are not these.
     c0 = time.thread_time()
     with open(path, "rb") as fh:
@@ -206,8 +209,7 @@ def _work_alone(path: Path, s3c, bucket: str, pid_s3: int) -> dict[str, float]: 
     artifacts.probe_output_shape(artifacts.load_module(path, "torchscript"), [None, 8192])
     probe_cpu = time.thread_time() - c0
     torch.set_num_threads(threads)
-    return {"s3_alone_s": wall, "s3_alone_cpu_s": cpu.used["s3"], "sha256_cpu_s": hash_cpu,
-            "probe_cpu_s": probe_cpu, "relay_cpu_s": _relay_cpu_s(path)}
+    return {**alone, "sha256_cpu_s": hash_cpu, "probe_cpu_s": probe_cpu, "relay_cpu_s": _relay_cpu_s(path)}
 
 
 def _relay_cpu_s(path: Path) -> float:
