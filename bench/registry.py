@@ -184,7 +184,8 @@ def _work_alone(path: Path, s3c, bucket: str, pid_s3: int) -> dict[str, float]: 
     """The work any API upload of `path` needs besides relaying it, each measured on its own here:
     the S3 server storing it from a client that costs next to nothing (presigned parts sent with
     sendfile, as the API sends them; 2 and 8 parts in flight), hashing it once (the client to name
-    it, the API to check it: twice per upload), and loading and running it once (the probe)."""
+    it, the API to check it: twice per upload), and loading and running it once (the probe); and, to
+    set against them, the CPU of one relay hop with no Python on the bytes (`_relay_cpu_s`)."""
     from app.storage.s3_stream import S3MultipartPut
 
     size = path.stat().st_size

@@ -85,7 +85,8 @@ def _depth(name: str) -> int:
 
 
 def _width(name: str) -> int:
-    return next((int(t[1:]) for t in name.split() if t.startswith("w")), 16)  # d1: one conv
+    # A single-layer child has no hidden width; it weighs as the narrowest hidden width, 16.
+    return next((int(t[1:]) for t in name.split() if t.startswith("w")), 16)
 
 
 WEIGHTS = {

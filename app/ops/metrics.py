@@ -50,9 +50,9 @@ UPLOADED_BYTES = Counter(
 )
 UPLOAD_PHASE = Histogram(
     "graft_upload_phase_seconds",
-    "Where an upload's time goes: `receive` (first to last byte of the body), `probe` (loading and running "
-    "an artifact in the probe child), `store` (waiting for the artifact store after the probe; with a "
-    "declared sha256 the store upload ran while the body arrived).",
+    "Where an upload's time goes: `receive` (reading the body, to its last byte), `probe` (loading and "
+    "running an artifact in the probe child), `store` (waiting for the artifact store after the probe; "
+    "with a declared sha256 the store upload ran while the body arrived).",
     ["phase"], registry=REGISTRY,
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
 )

@@ -177,11 +177,9 @@ async def receive_multipart(
     tmp_dir.mkdir(parents=True, exist_ok=True)
     receiver = _Receiver(tmp_dir, max_bytes, file_field, start_put)
     parser = MultipartParser(params[b"boundary"], receiver.callbacks())
-    started: float | None = None
+    started = time.perf_counter()
     try:
         async for chunk in request.stream():
-            if started is None:
-                started = time.perf_counter()
             parser.write(chunk)
         parser.finalize()
         if receiver.fh is None or receiver.path is None:

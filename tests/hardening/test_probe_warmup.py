@@ -28,40 +28,28 @@ def test_probe_children_start_with_the_export_deserializer_imported() -> None:
     proc.join(5)
 
 
-
 _STARTS_APP = """
 import os, sys
 from pathlib import Path
 from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
+from bench.serving import process_tree
 
-def forkserver_children():
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            cmd = (entry / "cmdline").read_bytes()
-        except (OSError, IndexError, ValueError):
-            continue
-        if ppid == os.getpid() and b"forkserver" in cmd:
-            found.append(entry.name)
-    return found
+def forkservers():
+    return [pid for pid in process_tree(os.getpid())[1:]
+            if b"forkserver" in Path(f"/proc/{pid}/cmdline").read_bytes()]
 
 if __name__ == "__main__":
-    before = forkserver_children()
+    before = forkservers()
     with TestClient(create_app(Settings(data_dir=Path(sys.argv[1])))):
-        print(len(before), len(forkserver_children()))
+        print(len(before), len(forkservers()))
 """
 
 
 def test_the_server_starts_the_forkserver_before_the_first_upload(tmp_path) -> None:
     """Started with the app, not by the first probe: that upload would wait seconds for torch's imports."""
-    script = tmp_path / "starts_app.py"
-    script.write_text(_STARTS_APP)
-    out = subprocess.run([sys.executable, str(script), str(tmp_path / "graft")], capture_output=True,
+    out = subprocess.run([sys.executable, "-c", _STARTS_APP, str(tmp_path / "graft")], capture_output=True,
                          text=True, timeout=300, cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["0", "1"]
