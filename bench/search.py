@@ -36,19 +36,20 @@ RESULTS = Path(__file__).parent / "results"
 SPACE = dict(depths=(1, 2, 3), widths=(16, 32, 64), kernels=(1, 3))
 N_TEST = 1024
 SEEDS = tuple(range(10))
-PREVIOUS = {"supernet_fraction": 0.3, "finalists": 4, "trial_fraction": 0.3, "selection": "race",
-            "stratify": False}
-"""The defaults before this run (a one-round race of the 4 best children by inherited loss)."""
+PREVIOUS = {"sampling": "depth", "finalists": 8, "trial_fraction": 0.5}
+PREVIOUS_NAME = "depth-first super-net sampling, halving over 8 finalists and 0.5 of the rest"
+"""The defaults before this run (chosen on dev worlds 100-107, reported at -2.09 points)."""
 PROTOCOL = (
     "Decided before the run. Reporting worlds: seeds 0-9 (the defaults were chosen on dev worlds "
-    "100-109, which are not reported here; 0-4 were reported with the previous "
-    "defaults, 5-9 are new). Test: 1024 fresh inputs per world. Primary comparison: "
-    "auto (default budget) against **the fixed candidate with the best mean test accuracy over the "
-    "seeds**; goal met if mean(auto) − mean(that candidate) ≥ −1.0 point. Also reported: the per-seed "
-    "maximum over the 26 fixed runs (an optimistic oracle: selection on the test set), spreads as "
-    "sample SD over seeds, auto's rank among the 26 means, and the previous default as a second auto "
-    "row. Cost: CPU seconds (one thread) of auto ÷ the median fixed run of the same world (goal ≤ 2), "
-    "and ÷ all 26. Warm starts: see the warm-start section's criterion."
+    "100-129, which are not reported here; 0-9 were reported with the previous defaults). Test: 1024 "
+    "fresh inputs per world. Primary comparison: auto (default budget) against **the fixed candidate "
+    "with the best mean test accuracy over the seeds**; goal met if mean(auto) − mean(that candidate) "
+    "≥ −1.0 point. Also reported: the per-seed maximum over the 26 fixed runs (an optimistic oracle: "
+    "selection on the test set), spreads as sample SD over seeds, auto's rank among the 26 means, and "
+    "the previous default as a second auto row. Cost: CPU seconds (one thread) of auto ÷ the median "
+    "fixed run of the same world (the reading of \"one fixed-candidate run\" used since the first "
+    "report; goal ≤ 2 in every world), ÷ the run of the best-mean fixed candidate itself (what training "
+    "the answer directly costs), and ÷ all 26. Warm starts: see the warm-start section's criterion."
 )
 
 
@@ -177,7 +178,7 @@ def main() -> None:
     conditions = {
         "steps": steps, "n_test": n_test, "seeds": seeds, "total_s": time.perf_counter() - t0,
         "load_before": load_before, "load_after": os.getloadavg(), "threads": 1, "quick": args.quick,
-        "protocol": PROTOCOL,
+        "protocol": PROTOCOL, "previous": PREVIOUS_NAME,
     }
     text = report(runs, conditions, SPACE)
     print(text)

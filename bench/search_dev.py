@@ -1,7 +1,7 @@
 """How the auto defaults were chosen: budget variants on dev worlds that bench.search never reports.
 
-    python -m bench.search_dev 100 101 ... 109 --variants D SH8 ...   # auto variants (+ fixed, cached)
-    python -m bench.search_dev --summary                               # the table, from the stored runs
+    python -m bench.search_dev 100 101 ... 129 --variants "SW s0.2 k4 t0.3" ...  # (+ fixed, cached)
+    python -m bench.search_dev --summary                                         # the stored runs
 
 Same worlds, training settings and 1024-input fresh test split as bench.search, at seeds 100+.
 The 26 fixed candidates of each dev world are trained once and cached in search-dev-fixed.json
@@ -60,6 +60,12 @@ for _k in (6, 8):
 VARIANTS["SHS s0.2 k6 t0.5"] = {**VARIANTS["SHS s0.2 k8 t0.5"], "finalists": 6}
 """Third round (dev worlds 110-129, whose curves are in search-curves-depth-0.2.json): the larger of
 the finalists within 10 % of the best loss goes on at each cut (size_tolerance), 6 or 8 finalists."""
+_SHS = VARIANTS["SHS s0.2 k8 t0.5"]
+for _sf, _k, _tf in ((0.2, 8, 0.5), (0.2, 4, 0.3), (0.1, 4, 0.3), (0.2, 4, 0.5), (0.2, 6, 0.4)):
+    VARIANTS[f"SW s{_sf} k{_k} t{_tf}"] = {**_SHS, "sampling": "sandwich", "supernet_fraction": _sf,
+                                          "finalists": _k, "trial_fraction": _tf}
+"""Fourth round (dev worlds 100-129): the sandwich rule in the super-net (the largest child and a
+uniform one each step) with stratified halving; SW s0.2 k4 t0.3 became the default (search.md)."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 

@@ -5,15 +5,17 @@ import copy
 import pytest
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from tests.transplant.conftest import tiny_nets
 from transplant import Cancelled, TrainConfig
 from transplant.adapters import adapter_spec, build_adapter, load_adapter, save_adapter
 from transplant.run import _objective
 from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
+from transplant.search.budget import AutoBudget
 from transplant.search.select import extrapolate, pick_finalists, rank_for_cut, schedule
 from transplant.search.space import Candidate
-from transplant.search.stages import Stepper
+from transplant.search.stages import Stepper, train_supernet
 
 SMALL = dict(widths=(4, 8), depths=(1, 2, 3), kernels=(1, 3))
 FAST = TrainConfig(batch_size=8, lr=1e-2, val_fraction=0.25, patience=2)
@@ -234,6 +236,40 @@ def test_sampling_is_fair_over_children():
     assert space.largest() == Candidate(3, 8, 3, True)
     with pytest.raises(ValueError):
         space.sample(gen, "nope")
+
+
+def test_sandwich_trains_the_largest_child_and_one_uniform_child_every_step():
+    # The default super-net sampling: every optimiser step runs the whole chain (the largest child)
+    # first, then one child drawn uniformly, and sums their losses.
+    _, g_t, g_s = tiny_nets()
+    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
+    torch.manual_seed(0)
+    net = SuperNet(space)
+    feats = torch.randn(24, 4, 6, 6)
+    data = [feats, g_t(feats).detach(), torch.zeros(24)]
+    seen: list = []
+    net.register_forward_pre_hook(lambda mod, args: seen.append(mod.active))
+    marker = register_optimizer_step_post_hook(lambda *_: seen.append("step"))
+    try:
+        plan = AutoBudget.from_dict({**SMALL})
+        assert plan.sampling == "sandwich"
+        gen = torch.Generator().manual_seed(1)
+        train_supernet(net, plan, "back_distillation", g_s, g_t, FAST, 12, data, gen)
+    finally:
+        marker.remove()
+    steps, current = [], []
+    for item in seen:
+        if item == "step":
+            steps.append(current)
+            current = []
+        elif not current or current[-1] != item:
+            current.append(item)  # consecutive forwards of one child are one loss evaluation
+    assert len(steps) == 12
+    largest = space.largest()
+    for children in steps:
+        assert children[0] == largest and len(children) <= 2
+    uniform = {children[1] for children in steps if len(children) == 2}
+    assert len(uniform) >= 6  # a different child on most steps, not a fixed second one
 
 
 def test_halving_schedule_spends_equal_rounds_within_the_trial_steps():

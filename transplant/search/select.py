@@ -1,8 +1,9 @@
 """Choosing the adapter to fine-tune: finalists from the ranked children and warm starts, then rounds.
 
 Inherited-weight losses compare children that the super-network trained for unequal step counts
-(depth-first sampling gives the two single-layer children a third of all steps), so the search
-gives the best few starting points some training of their own before comparing them again:
+(depth-first sampling gives the two single-layer children a third of all steps; the sandwich rule
+trains the largest path every step), so the search gives the best few starting points some training
+of their own before comparing them again:
   race     one round: every finalist gets the same few steps, the lowest held-out loss is kept;
   halving  successive halving: every round the survivors get the same steps, continuing where they
            stopped (same optimiser state), and the better half by held-out loss goes on; the steps of
