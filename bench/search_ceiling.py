@@ -15,6 +15,10 @@ reference, the fixed candidate with the best mean test accuracy (trained 200 ste
 
 A search within one run's budget cannot do better than these rules that see every child.
 
+`budget_section` reads the same curves step by step: what the reference architecture itself reaches
+from its inherited weights with the steps the super-net leaves, what the child of lowest held-out
+loss after t own steps reaches by then, and how well the losses at t rank the losses at the end.
+
 It also replays auto's successive halving on the stored curves (`scaled_rounds_section`): the same
 finalists and rounds, the steps of each round shared equally (as auto does) or in proportion to each
 finalist's size, so that a deeper child is compared after more steps of its own.
@@ -80,6 +84,48 @@ def curves_section(fraction: float) -> list[str]:
     return lines + [""]
 
 
+def _ranks(xs: list[float]) -> list[int]:
+    order = sorted(range(len(xs)), key=xs.__getitem__)
+    out = [0] * len(xs)
+    for r, i in enumerate(order):
+        out[i] = r
+    return out
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    return st.correlation(_ranks(a), _ranks(b))
+
+
+def budget_section(fraction: float) -> list[str]:
+    """What the super-net's share of the budget costs, and how early a child's loss tells its end."""
+    runs = json.loads(CURVES[fraction].read_text())
+    best = _best_mean([r["fixed"] for r in runs])
+    left = STEPS - int(round(STEPS * fraction))
+    rounds = schedule(8, int(left * 0.5), "halving")  # auto's default: 8 finalists, half the rest
+    winner = sum(k for _, k in rounds) + left - sum(m * k for m, k in rounds)
+    names = list(runs[0]["children"])
+    worlds = f"{runs[0]['seed']}-{runs[-1]['seed']}"
+    lines = [f"### Dev worlds {worlds}: the budget and the evidence, step by step",
+             f"Test accuracy − the reference (**{best}**, 200 steps from scratch), in points, after t own "
+             f"steps from inherited weights (the super-net took {STEPS - left}; auto's halving leaves its "
+             f"winner {winner}).", "",
+             f"| own steps t | {best} itself | the child of lowest held-out loss at t | rank correlation of "
+             f"the held-out losses at t with those at {left} |", "|---|---|---|---|"]
+    for t in sorted({0, 4, 10, 20, 40, 80, winner, left}):
+        same = [_at(r["children"][best], t, 2) - r["fixed"][best]["acc"] for r in runs]
+        low = [_at(min(r["children"].values(), key=lambda c, t=t: _at(c, t, 1)), t, 2)
+               - r["fixed"][best]["acc"] for r in runs]
+        rho = [_spearman([_at(r["children"][n], t, 1) for n in names],
+                         [_at(r["children"][n], left, 1) for n in names]) for r in runs]
+        lines.append(f"| {t} | {st.mean(same):+.2f} | {st.mean(low):+.2f} | {st.mean(rho):.2f} |")
+    mean_end = {n: st.mean(_at(r["children"][n], left, 1) for r in runs) for n in names}
+    prior = [_spearman([mean_end[n] for n in names], [_at(r["children"][n], left, 1) for n in names])
+             for r in runs]
+    return lines + ["", f"Each child's mean loss at {left} over these worlds ranks one world's losses at "
+                    f"{left} at {st.mean(prior):.2f} (the same worlds, so optimistic): the architecture "
+                    "alone says more than the inherited loss.", ""]
+
+
 def _depth(name: str) -> int:
     return int(name.split()[0][1:])  # "d3 w64 k3 skip" -> 3
 
@@ -127,8 +173,7 @@ def scaled_rounds_section(fraction: float) -> list[str]:
     lines = [f"## auto's halving replayed on the stored curves of dev worlds {runs[0]['seed']}-"
              f"{runs[-1]['seed']} (super-net share {fraction}): each round's steps shared equally or by size",
              f"Reference: **{best}**. Every setting tried is listed (4 ways of sharing × finalists × "
-             "trial share); `equal (as auto)`, 8 finalists, 0.5 was auto's rule with the depth-first "
-             "super-net these curves come from (the default before the sandwich rule).", "",
+             "trial share); `equal (as auto)`, 8 finalists, 0.5 is auto's default rule.", "",
              "| round steps shared | finalists | trial share | test acc − reference, mean ± SE (points) "
              "| worst world | single-layer picks |", "|---|---|---|---|---|---|"]
     means = {}
@@ -142,7 +187,7 @@ def scaled_rounds_section(fraction: float) -> list[str]:
                 lines.append(f"{row} {sum(_depth(p['name']) == 1 for p in picks)} of {len(runs)} |")
     top, default = max(means, key=means.get), means["equal (as auto), 8, 0.5"]
     return lines + ["", f"Best of the {len(means)} settings here: {top} ({means[top]:+.2f}; chosen on these "
-                    f"same worlds, so optimistic). The depth-first default's rule replayed: {default:+.2f}.",
+                    f"same worlds, so optimistic). auto's rule replayed: {default:+.2f}.",
                     ""]
 
 
@@ -166,16 +211,19 @@ def dev_auto_section(seeds: range) -> list[str]:
     worlds = [str(s) for s in seeds if str(s) in fixed and str(s) in auto]
     best = _best_mean([fixed[w] for w in worlds])
     names = sorted({n for w in worlds for n in auto[w] if all(n in auto[v] for v in worlds)})
-    default = "SW s0.2 k4 t0.3"
+    default = "SHS s0.2 k8 t0.5"
     lines = [f"## auto itself on dev worlds {worlds[0]}-{worlds[-1]} (bench.search_dev, one run's budget)",
-             f"Reference: **{best}**. `{default}` is the default (sandwich super-net sampling; before it, "
-             "`SHS s0.2 k8 t0.5`, depth-first).", "",
-             "| variant | test acc − reference, mean ± SE (points) | worst world | − the default, paired |",
-             "|---|---|---|---|"]
+             f"Reference: **{best}**. `{default}` is the default; `SW …` are the sandwich rule's "
+             "settings (bench.search_dev's fourth round).", "",
+             "| variant | test acc − reference, mean ± SE (points) | worst world | − the default, paired "
+             f"| CPU ÷ median fixed run | CPU ÷ {best} run |", "|---|---|---|---|---|---|"]
     for n in names:
         paired = st.mean(auto[w][n]["acc"] - auto[w][default]["acc"] for w in worlds)
         row = _row(n, [auto[w][n]["acc"] - fixed[w][best]["acc"] for w in worlds])
-        lines.append(f"{row} {paired:+.2f} |")
+        to_median = st.mean(auto[w][n]["cpu"] / st.median(f["cpu"] for f in fixed[w].values())
+                            for w in worlds)
+        to_best = st.mean(auto[w][n]["cpu"] / fixed[w][best]["cpu"] for w in worlds)
+        lines.append(f"{row} {paired:+.2f} | {to_median:.2f}× | {to_best:.2f}× |")
     return lines + [""]
 
 
@@ -191,7 +239,7 @@ def main() -> None:
     lines += reported_section()
     for fraction in (0.2, 0.3):
         if CURVES[fraction].exists():
-            lines += curves_section(fraction) + scaled_rounds_section(fraction)
+            lines += curves_section(fraction) + budget_section(fraction) + scaled_rounds_section(fraction)
             if fraction == 0.2:
                 lines += dev_auto_section(range(110, 130))
     lines += dev_auto_section(range(100, 110)) + dev_auto_section(range(100, 130))

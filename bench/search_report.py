@@ -15,14 +15,14 @@ def _fmt(v, nd: int = 1) -> str:
     return "—" if v is None else f"{v:.{nd}f}"
 
 
-def _quality(runs: list[dict], previous: str) -> tuple[list[str], dict]:
+def _quality(runs: list[dict], second: str) -> tuple[list[str], dict]:
     labels = [row["label"] for row in runs[0]["fixed"]]
     acc = {lab: [next(r for r in run["fixed"] if r["label"] == lab)["acc"] for run in runs] for lab in labels}
     means = {lab: st.mean(v) for lab, v in acc.items()}
     order = sorted(labels, key=lambda lab: -means[lab])
     best = order[0]
     auto = [run["auto"]["acc"] for run in runs]
-    prev = [run["auto_previous"]["acc"] for run in runs]
+    prev = [run["auto_second"]["acc"] for run in runs]
     oracle = [max(r["acc"] for r in run["fixed"]) for run in runs]
     median = [st.median(r["acc"] for r in run["fixed"]) for run in runs]
     diff = [a - b for a, b in zip(auto, acc[best], strict=True)]
@@ -33,7 +33,7 @@ def _quality(runs: list[dict], previous: str) -> tuple[list[str], dict]:
     lines = [
         "## Quality: auto vs the fixed candidates (test accuracy %, mean ± SD over seeds)",
         "",
-        "| seed | auto (pick) | previous default (pick) | best-mean fixed: "
+        "| seed | auto (pick) | second auto budget (pick) | best-mean fixed: "
         f"{best} | per-seed max of 26 (which) | median fixed |",
         "|---|---|---|---|---|---|",
     ]
@@ -41,7 +41,7 @@ def _quality(runs: list[dict], previous: str) -> tuple[list[str], dict]:
         top = max(run["fixed"], key=lambda r: r["acc"])
         lines.append(
             f"| {run['seed']} | {auto[i]:.1f} ({run['auto']['label']}) | {prev[i]:.1f} "
-            f"({run['auto_previous']['label']}) | {acc[best][i]:.1f} | {oracle[i]:.1f} ({top['label']}) | "
+            f"({run['auto_second']['label']}) | {acc[best][i]:.1f} | {oracle[i]:.1f} ({top['label']}) | "
             f"{median[i]:.1f} |"
         )
     lines += [
@@ -51,8 +51,8 @@ def _quality(runs: list[dict], previous: str) -> tuple[list[str], dict]:
         f"- **auto − best-mean fixed candidate ({best}): {_ms(diff, 2)} points** (paired over seeds; "
         f"goal ≥ −1.0: **{'met' if met else 'MISSED'}**). Auto's mean ranks **{rank}/{len(labels) + 1}** "
         "among the 26 fixed means and itself.",
-        f"- previous default ({previous}) − best-mean fixed: {_ms(diff_prev, 2)} points; auto − previous "
-        f"default, paired: {_ms([a - b for a, b in zip(auto, prev, strict=True)], 2)} points.",
+        f"- second auto budget ({second}) − best-mean fixed: {_ms(diff_prev, 2)} points; auto − it, "
+        f"paired: {_ms([a - b for a, b in zip(auto, prev, strict=True)], 2)} points.",
         f"- auto − per-seed max of the 26 (optimistic oracle, selected on the test set): "
         f"{_ms(diff_oracle, 2)} points.",
         "",
@@ -76,7 +76,7 @@ def _cost(runs: list[dict], best: str) -> tuple[list[str], dict]:
         "## Cost (one thread; CPU s are robust to the shared cores, wall s are not)",
         "",
         f"| seed | auto CPU s | median fixed CPU s | auto ÷ median fixed | {best} CPU s | auto ÷ {best} "
-        "| auto ÷ all 26 | previous ÷ median | auto wall ÷ median fixed wall |",
+        "| auto ÷ all 26 | second ÷ median | auto wall ÷ median fixed wall |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     ratios, to_best, shares = [], [], []
@@ -85,7 +85,7 @@ def _cost(runs: list[dict], best: str) -> tuple[list[str], dict]:
         ref = next(r["cpu_s"] for r in run["fixed"] if r["label"] == best)
         tot = sum(r["cpu_s"] for r in run["fixed"])
         med_wall = st.median(r["wall_s"] for r in run["fixed"])
-        a, p = run["auto"], run["auto_previous"]
+        a, p = run["auto"], run["auto_second"]
         ratios.append(a["cpu_s"] / med)
         to_best.append(a["cpu_s"] / ref)
         shares.append(a["cpu_s"] / tot)
@@ -210,7 +210,7 @@ def report(runs: list[dict], conditions: dict, space: dict) -> str:
         f"**Protocol.** {conditions['protocol']}",
         "",
     ]
-    q_lines, q = _quality(runs, conditions.get("previous", "the previous default"))
+    q_lines, q = _quality(runs, conditions["second"])
     c_lines, c = _cost(runs, q["best_mean"])
     w_lines, w = _warm(runs, 10)
     lines += q_lines + [""] + c_lines + [""] + _picks(runs) + [""] + w_lines

@@ -50,9 +50,8 @@ class AutoBudgetOptions(BaseModel):
     widths: list[Annotated[int, Field(ge=1, le=4096)]] | None = Field(None, min_length=1, max_length=8)
     kernels: list[Annotated[int, Field(ge=1, le=15)]] | None = Field(None, min_length=1, max_length=8)
     skips: list[bool] | None = Field(None, min_length=1, max_length=2)
-    sampling: Literal["sandwich", "depth", "uniform"] | None = Field(
-        None, description="Children per super-net step: the largest and a uniform one (sandwich, default), "
-        "depth first, or uniform."
+    sampling: Literal["depth", "uniform", "sandwich"] | None = Field(
+        None, description="Children per super-net step: depth first (default), uniform, or sandwich."
     )
     finalists: int | None = Field(
         None, ge=1, le=64, description="Best starting points trial-fine-tuned before one is kept."

@@ -239,8 +239,8 @@ def test_sampling_is_fair_over_children():
 
 
 def test_sandwich_trains_the_largest_child_and_one_uniform_child_every_step():
-    # The default super-net sampling: every optimiser step runs the whole chain (the largest child)
-    # first, then one child drawn uniformly, and sums their losses.
+    # budget.sampling "sandwich": every optimiser step runs the whole chain (the largest child) first,
+    # then one child drawn uniformly, and sums their losses.
     _, g_t, g_s = tiny_nets()
     space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
     torch.manual_seed(0)
@@ -251,8 +251,7 @@ def test_sandwich_trains_the_largest_child_and_one_uniform_child_every_step():
     net.register_forward_pre_hook(lambda mod, args: seen.append(mod.active))
     marker = register_optimizer_step_post_hook(lambda *_: seen.append("step"))
     try:
-        plan = AutoBudget.from_dict({**SMALL})
-        assert plan.sampling == "sandwich"
+        plan = AutoBudget.from_dict({**SMALL, "sampling": "sandwich"})
         gen = torch.Generator().manual_seed(1)
         train_supernet(net, plan, "back_distillation", g_s, g_t, FAST, 12, data, gen)
     finally:
