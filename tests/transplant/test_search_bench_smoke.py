@@ -28,7 +28,9 @@ def test_bench_search_smoke(monkeypatch):
         assert [s for s, _ in w["cold_curve"]] == list(range(0, 21, 10)) and w["feature_drift"] > 0
         assert set(w["auto_warm_scores"]) == {"f@1-adapter", "style0/cls", "style1/cls"}
     conditions = {"steps": 12, "n_test": 16, "seeds": [0], "total_s": 1.0, "load_before": (0, 0, 0),
-                  "load_after": (0, 0, 0), "threads": 1, "quick": True, "protocol": search.PROTOCOL}
+                  "load_after": (0, 0, 0), "threads": 1, "quick": True, "protocol": search.PROTOCOL,
+                  "second": search.SECOND_NAME}
     text = report([run], conditions, search.SPACE)
     assert "best-mean fixed candidate" in text and "warm ÷ cold steps" in text
+    assert f"second auto budget ({search.SECOND_NAME})" in text and "auto ÷ the run of the best-mean" in text
     assert set(conditions["verdict"]) == {"quality", "cost", "warm"}
