@@ -22,11 +22,11 @@ def _quality(runs: list[dict], second: str) -> tuple[list[str], dict]:
     order = sorted(labels, key=lambda lab: -means[lab])
     best = order[0]
     auto = [run["auto"]["acc"] for run in runs]
-    prev = [run["auto_second"]["acc"] for run in runs]
+    alt = [run["auto_second"]["acc"] for run in runs]
     oracle = [max(r["acc"] for r in run["fixed"]) for run in runs]
     median = [st.median(r["acc"] for r in run["fixed"]) for run in runs]
     diff = [a - b for a, b in zip(auto, acc[best], strict=True)]
-    diff_prev = [a - b for a, b in zip(prev, acc[best], strict=True)]
+    diff_second = [a - b for a, b in zip(alt, acc[best], strict=True)]
     diff_oracle = [a - b for a, b in zip(auto, oracle, strict=True)]
     rank = 1 + sum(m > st.mean(auto) for m in means.values())
     met = st.mean(diff) >= -1.0
@@ -40,19 +40,19 @@ def _quality(runs: list[dict], second: str) -> tuple[list[str], dict]:
     for i, run in enumerate(runs):
         top = max(run["fixed"], key=lambda r: r["acc"])
         lines.append(
-            f"| {run['seed']} | {auto[i]:.1f} ({run['auto']['label']}) | {prev[i]:.1f} "
+            f"| {run['seed']} | {auto[i]:.1f} ({run['auto']['label']}) | {alt[i]:.1f} "
             f"({run['auto_second']['label']}) | {acc[best][i]:.1f} | {oracle[i]:.1f} ({top['label']}) | "
             f"{median[i]:.1f} |"
         )
     lines += [
-        f"| **mean ± SD** | **{_ms(auto)}** | {_ms(prev)} | {_ms(acc[best])} | {_ms(oracle)} | "
+        f"| **mean ± SD** | **{_ms(auto)}** | {_ms(alt)} | {_ms(acc[best])} | {_ms(oracle)} | "
         f"{_ms(median)} |",
         "",
         f"- **auto − best-mean fixed candidate ({best}): {_ms(diff, 2)} points** (paired over seeds; "
         f"goal ≥ −1.0: **{'met' if met else 'MISSED'}**). Auto's mean ranks **{rank}/{len(labels) + 1}** "
         "among the 26 fixed means and itself.",
-        f"- second auto budget ({second}) − best-mean fixed: {_ms(diff_prev, 2)} points; auto − it, "
-        f"paired: {_ms([a - b for a, b in zip(auto, prev, strict=True)], 2)} points.",
+        f"- second auto budget ({second}) − best-mean fixed: {_ms(diff_second, 2)} points; auto − it, "
+        f"paired: {_ms([a - b for a, b in zip(auto, alt, strict=True)], 2)} points.",
         f"- auto − per-seed max of the 26 (optimistic oracle, selected on the test set): "
         f"{_ms(diff_oracle, 2)} points.",
         "",
@@ -67,7 +67,7 @@ def _quality(runs: list[dict], second: str) -> tuple[list[str], dict]:
             f"| {lab} | {_ms(acc[lab])} | {_ms([r['agree'] for r in rows])} | "
             f"{_ms([r['val_loss'] for r in rows], 3)} | {_ms([r['cpu_s'] for r in rows], 2)} |"
         )
-    return lines, {"best_mean": best, "diff": diff, "diff_prev": diff_prev, "diff_oracle": diff_oracle,
+    return lines, {"best_mean": best, "diff": diff, "diff_second": diff_second, "diff_oracle": diff_oracle,
                    "rank": rank, "met": met}
 
 
