@@ -29,7 +29,10 @@ from __future__ import annotations
 import json
 import statistics as st
 
+from scipy.stats import spearmanr
+
 from bench.search import RESULTS
+from transplant.search.budget import AutoBudget
 from transplant.search.select import round_robin, schedule
 
 CURVES = {0.2: RESULTS / "search-curves-depth-0.2.json", 0.3: RESULTS / "search-curves-depth-0.3.json"}
@@ -55,8 +58,12 @@ def _best_mean(fixed_by_world: list[dict]) -> str:
     return max(labels, key=lambda lab: st.mean(f[lab]["acc"] for f in fixed_by_world))
 
 
-def curves_section(fraction: float) -> list[str]:
-    runs = json.loads(CURVES[fraction].read_text())
+def _lowest_loss_at(world: dict, t: int) -> list:
+    """The curve of the child with the lowest held-out loss after t own steps."""
+    return min(world["children"].values(), key=lambda c: _at(c, t, 1))
+
+
+def curves_section(runs: list[dict], fraction: float) -> list[str]:
     best = _best_mean([r["fixed"] for r in runs])
     left = STEPS - int(round(STEPS * fraction))
     ref = [r["fixed"][best]["acc"] for r in runs]
@@ -71,37 +78,26 @@ def curves_section(fraction: float) -> list[str]:
              "|---|---|---|"]
     lines.append(_row("26 fixed runs, the lowest held-out loss",
                       rule(lambda r: min(r["fixed"].values(), key=lambda f: f["val_loss"])["acc"])))
-    def lowest_loss_at(r: dict, t: int) -> list:
-        return min(r["children"].values(), key=lambda c: _at(c, t, 1))
-
     lines.append(_row(f"children from inherited weights, {left} steps each, lowest held-out loss",
-                      rule(lambda r: _at(lowest_loss_at(r, left), left, 2))))
+                      rule(lambda r: _at(_lowest_loss_at(r, left), left, 2))))
     lines.append(_row("the same, highest **test** accuracy (selection on the test set)",
                       rule(lambda r: max(_at(c, left, 2) for c in r["children"].values()))))
     for t in (10, 20, 40):
         lines.append(_row(f"every child {t} steps, lowest held-out loss kept, then trained on to {left}",
-                          rule(lambda r, t=t: _at(lowest_loss_at(r, t), left, 2))))
+                          rule(lambda r, t=t: _at(_lowest_loss_at(r, t), left, 2))))
     return lines + [""]
 
 
-def _ranks(xs: list[float]) -> list[int]:
-    order = sorted(range(len(xs)), key=xs.__getitem__)
-    out = [0] * len(xs)
-    for r, i in enumerate(order):
-        out[i] = r
-    return out
-
-
 def _spearman(a: list[float], b: list[float]) -> float:
-    return st.correlation(_ranks(a), _ranks(b))
+    return float(spearmanr(a, b).statistic)
 
 
-def budget_section(fraction: float) -> list[str]:
+def budget_section(runs: list[dict], fraction: float) -> list[str]:
     """What the super-net's share of the budget costs, and how early a child's loss tells its end."""
-    runs = json.loads(CURVES[fraction].read_text())
     best = _best_mean([r["fixed"] for r in runs])
     left = STEPS - int(round(STEPS * fraction))
-    rounds = schedule(8, int(left * 0.5), "halving")  # auto's default: 8 finalists, half the rest
+    plan = AutoBudget()  # auto's default rounds
+    rounds = schedule(plan.finalists, int(left * plan.trial_fraction), plan.selection)
     winner = sum(k for _, k in rounds) + left - sum(m * k for m, k in rounds)
     names = list(runs[0]["children"])
     worlds = f"{runs[0]['seed']}-{runs[-1]['seed']}"
@@ -113,8 +109,7 @@ def budget_section(fraction: float) -> list[str]:
              f"the held-out losses at t with those at {left} |", "|---|---|---|---|"]
     for t in sorted({0, 4, 10, 20, 40, 80, winner, left}):
         same = [_at(r["children"][best], t, 2) - r["fixed"][best]["acc"] for r in runs]
-        low = [_at(min(r["children"].values(), key=lambda c, t=t: _at(c, t, 1)), t, 2)
-               - r["fixed"][best]["acc"] for r in runs]
+        low = [_at(_lowest_loss_at(r, t), t, 2) - r["fixed"][best]["acc"] for r in runs]
         rho = [_spearman([_at(r["children"][n], t, 1) for n in names],
                          [_at(r["children"][n], left, 1) for n in names]) for r in runs]
         lines.append(f"| {t} | {st.mean(same):+.2f} | {st.mean(low):+.2f} | {st.mean(rho):.2f} |")
@@ -166,8 +161,7 @@ def replay_halving(world: dict, left: int, finalists: int, trial: float, weight)
     return {"name": winner, "acc": _at(world["children"][winner], end, 2)}
 
 
-def scaled_rounds_section(fraction: float) -> list[str]:
-    runs = json.loads(CURVES[fraction].read_text())
+def scaled_rounds_section(runs: list[dict], fraction: float) -> list[str]:
     best = _best_mean([r["fixed"] for r in runs])
     left = STEPS - int(round(STEPS * fraction))
     lines = [f"## auto's halving replayed on the stored curves of dev worlds {runs[0]['seed']}-"
@@ -204,10 +198,8 @@ def reported_section() -> list[str]:
             _row("auto, as reported in search.md", auto), ""]
 
 
-def dev_auto_section(seeds: range) -> list[str]:
-    """Real auto runs (bench.search_dev) on the same dev worlds, against the same reference."""
-    fixed = json.loads((RESULTS / "search-dev-fixed.json").read_text())
-    auto = json.loads((RESULTS / "search-dev-auto.json").read_text())
+def dev_auto_section(fixed: dict, auto: dict, seeds: range) -> list[str]:
+    """Real auto runs (bench.search_dev: `fixed`, `auto` as stored) on dev worlds, against one reference."""
     worlds = [str(s) for s in seeds if str(s) in fixed and str(s) in auto]
     best = _best_mean([fixed[w] for w in worlds])
     names = sorted({n for w in worlds for n in auto[w] if all(n in auto[v] for v in worlds)})
@@ -237,12 +229,16 @@ def main() -> None:
              "rule that sees every child already uses most of it, a search within one run's budget, "
              "whose selection errs more, cannot be expected to stay inside it.", ""]
     lines += reported_section()
+    fixed = json.loads((RESULTS / "search-dev-fixed.json").read_text())
+    auto = json.loads((RESULTS / "search-dev-auto.json").read_text())
     for fraction in (0.2, 0.3):
         if CURVES[fraction].exists():
-            lines += curves_section(fraction) + budget_section(fraction) + scaled_rounds_section(fraction)
+            runs = json.loads(CURVES[fraction].read_text())
+            lines += (curves_section(runs, fraction) + budget_section(runs, fraction)
+                      + scaled_rounds_section(runs, fraction))
             if fraction == 0.2:
-                lines += dev_auto_section(range(110, 130))
-    lines += dev_auto_section(range(100, 110)) + dev_auto_section(range(100, 130))
+                lines += dev_auto_section(fixed, auto, range(110, 130))
+    lines += dev_auto_section(fixed, auto, range(100, 110)) + dev_auto_section(fixed, auto, range(100, 130))
     (RESULTS / "search-ceiling.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
