@@ -50,7 +50,11 @@ PROTOCOL = (
     "a second auto budget (below) as a second auto row. Cost: CPU seconds (one thread) of auto ÷ the median "
     "fixed run of the same world (the reading of \"one fixed-candidate run\" used since the first "
     "report; goal ≤ 2 in every world), ÷ the run of the best-mean fixed candidate itself (what training "
-    "the answer directly costs), and ÷ all 26. Warm starts: see the warm-start section's criterion."
+    "the answer directly costs), and ÷ all 26. Warm starts: see the warm-start section's criterion. "
+    "Fresh worlds (added 2026-12-03, before they were run): seeds 10-19, never used for any choice, run "
+    "with the same code (`--seeds 10 ... 19`), reported alone in search-fresh.md and pooled with 0-9 in "
+    "search-pooled.md; the quality verdict is taken on the pooled 20 worlds (the 10 reported worlds had "
+    "been looked at in every earlier session)."
 )
 
 
@@ -165,7 +169,19 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--seeds", type=int, nargs="*", default=None)
     p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--name", default=None, help="results file stem (default: search, or search-quick)")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="no runs: the report over the runs of these result files, written as --name")
     args = p.parse_args()
+    name = args.name or ("search-quick" if args.quick else "search")
+    if args.merge:
+        stored = [json.loads(Path(f).read_text()) for f in args.merge]
+        runs = [r for d in stored for r in d["runs"]]
+        conditions = {**stored[0]["conditions"], "seeds": [r["seed"] for r in runs],
+                      "total_s": sum(d["conditions"]["total_s"] for d in stored), "merged": list(args.merge),
+                      "protocol": PROTOCOL}
+        _write(name, runs, conditions, quick=False)
+        return
     torch.set_num_threads(1)
     seeds = args.seeds if args.seeds is not None else ([0] if args.quick else list(SEEDS))
     steps = args.steps or (40 if args.quick else 200)
@@ -181,13 +197,17 @@ def main() -> None:
         "load_before": load_before, "load_after": os.getloadavg(), "threads": 1, "quick": args.quick,
         "protocol": PROTOCOL, "second": SECOND_NAME,
     }
+    _write(name, runs, conditions, args.quick)
+
+
+def _write(name: str, runs: list, conditions: dict, quick: bool) -> None:
+    """Print the report; store the runs as results/<name>.json and (full runs) the report as .md."""
     text = report(runs, conditions, SPACE)
     print(text)
-    name = "search-quick" if args.quick else "search"
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"conditions": conditions, "runs": runs}, indent=1,
                                                      default=str))
-    if not args.quick:
+    if not quick:
         (RESULTS / f"{name}.md").write_text(text + "\n")
 
 
