@@ -1,5 +1,8 @@
 """Seconds through bench.search (fixed vs auto, warm starts, report) so that it cannot silently break."""
 
+import json
+import sys
+
 import torch
 
 from bench import search, search_warm
@@ -7,7 +10,7 @@ from bench.search_report import report
 from transplant.world import SIZES
 
 
-def test_bench_search_smoke(monkeypatch):
+def test_bench_search_smoke(monkeypatch, tmp_path):
     monkeypatch.setitem(
         SIZES,
         "small",
@@ -34,3 +37,16 @@ def test_bench_search_smoke(monkeypatch):
     assert "best-mean fixed candidate" in text and "warm ÷ cold steps" in text
     assert f"second auto budget ({search.SECOND_NAME})" in text and "auto ÷ the run of the best-mean" in text
     assert set(conditions["verdict"]) == {"quality", "cost", "warm"}
+
+    # --merge: one report over the runs of several stored result files (fresh worlds pooled with 0-9).
+    monkeypatch.setattr(search, "RESULTS", tmp_path)
+    parts = []
+    for seed in (0, 1):
+        parts.append(tmp_path / f"part{seed}.json")
+        stored = {"conditions": {**conditions, "quick": False}, "runs": [{**run, "seed": seed}]}
+        parts[-1].write_text(json.dumps(stored, default=str))
+    monkeypatch.setattr(sys, "argv", ["bench.search", "--merge", *map(str, parts), "--name", "pooled"])
+    search.main()
+    merged = json.loads((tmp_path / "pooled.json").read_text())
+    assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["conditions"]["total_s"] == 2.0
+    assert "for seeds [0, 1]" in (tmp_path / "pooled.md").read_text()
