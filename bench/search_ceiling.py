@@ -96,7 +96,7 @@ def budget_section(runs: list[dict], fraction: float) -> list[str]:
     """What the super-net's share of the budget costs, and how early a child's loss tells its end."""
     best = _best_mean([r["fixed"] for r in runs])
     left = STEPS - int(round(STEPS * fraction))
-    plan = AutoBudget()  # auto's default rounds
+    plan = AutoBudget(finalists=8, trial_fraction=0.5)  # the depth-first rounds these curves were made for
     rounds = schedule(plan.finalists, int(left * plan.trial_fraction), plan.selection)
     winner = sum(k for _, k in rounds) + left - sum(m * k for m, k in rounds)
     names = list(runs[0]["children"])

@@ -51,7 +51,7 @@ class AutoBudgetOptions(BaseModel):
     kernels: list[Annotated[int, Field(ge=1, le=15)]] | None = Field(None, min_length=1, max_length=8)
     skips: list[bool] | None = Field(None, min_length=1, max_length=2)
     sampling: Literal["depth", "uniform", "sandwich"] | None = Field(
-        None, description="Children per super-net step: depth first (default), uniform, or sandwich."
+        None, description="Children per super-net step: sandwich (default), depth first, or uniform."
     )
     finalists: int | None = Field(
         None, ge=1, le=64, description="Best starting points trial-fine-tuned before one is kept."

@@ -3,7 +3,8 @@
 Stages (reported to the callbacks with a "stage" key):
   supernet  train the one-shot super-network once (random connection dropping, Sun, Dou & Yan,
             ECCV 2020) with the method's loss; budget.sampling picks each step's child(ren):
-            depth first (default), uniform over the children, or the sandwich rule;
+            the sandwich rule (default: the largest child and a uniform one), depth first, or
+            uniform over the children;
   search    score children by held-out back-distillation loss with their inherited weights
             (exhaustive when the space is small, else evolutionary), and score the warm starts
             (registered adapters into the same task module) the same way;

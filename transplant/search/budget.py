@@ -18,8 +18,8 @@ class AutoBudget:
     adapter), so that auto and one fixed adapter train for the same number of steps."""
     supernet_fraction: float = 0.2
     """Share of `steps` spent on the super-network; the rest races and fine-tunes the chosen child.
-    The defaults (0.2, depth-first sampling, 8 stratified finalists, halving over half the rest)
-    beat the earlier race (0.3, 4 finalists, 0.3) by 1.1 points on dev worlds 100–107;
+    The defaults (0.2, sandwich sampling, 4 stratified finalists, halving over 0.3 of the rest) were
+    chosen on 30 dev worlds and fresh worlds 10-19 over the previous ones (depth-first, 8, 0.5);
     bench/results/search.md."""
     max_candidates: int = 32
     """Children scored in the search; the space is searched exhaustively when it is no larger."""
@@ -27,19 +27,19 @@ class AutoBudget:
     widths: tuple = (16, 32, 64)
     kernels: tuple = (1, 3)
     skips: tuple = (False, True)
-    sampling: str = "depth"
-    """Super-net children per step: "depth" (depth first, then the rest; favours the single-layer
-    children), "uniform" (one child, uniform over the children) or "sandwich" (the largest child plus
-    a uniform one, losses summed, one optimiser step; Yu et al., BigNAS). "uniform" did not beat
-    "depth". "sandwich" (with 4 finalists, trial_fraction 0.3) was 1.1 points ahead on 30 dev worlds
-    but 0.2 on the 10 reported ones, at about twice the CPU (it picks deeper children and each of
-    its steps runs two); bench/results/search.md."""
-    finalists: int = 8
+    sampling: str = "sandwich"
+    """Super-net children per step: "sandwich" (the largest child plus a uniform one, losses summed,
+    one optimiser step; Yu et al., BigNAS), "depth" (depth first, then the rest; favours the
+    single-layer children) or "uniform" (one child, uniform over the children). With 4 finalists and
+    trial_fraction 0.3, "sandwich" was 1.1 points ahead of "depth" (8, 0.5) on 30 dev worlds, 1.9 on
+    fresh worlds 10-19 and 0.2 on worlds 0-9, at about twice the CPU: it picks deeper children, whose
+    steps cost more, and each super-net step runs two; bench/results/search.md."""
+    finalists: int = 4
     """Starting points (best children by inherited loss, warm starts ranked alike) that each get a
     short trial fine-tune before one is kept by held-out loss; 1 = fine-tune the best one only.
     Inherited losses compare children trained for unequal step counts; a few own steps each correct
     much of that bias for a small share of the budget."""
-    trial_fraction: float = 0.5
+    trial_fraction: float = 0.3
     """Share of the post-super-net steps spent on the finalists' trials (split evenly among them)."""
     selection: str = "halving"
     """How the finalists are cut to one: "race" (one round, the lowest held-out loss after the same
