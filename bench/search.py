@@ -39,7 +39,8 @@ SPACE = dict(depths=(1, 2, 3), widths=(16, 32, 64), kernels=(1, 3))
 N_TEST = 1024
 SEEDS = tuple(range(30))
 SECOND = {"sampling": "depth", "finalists": 8, "trial_fraction": 0.5}
-SECOND_NAME = "the previous default: depth-first super-net sampling, halving over 8 finalists and 0.5 of the rest"
+SECOND_NAME = ("the previous default: depth-first super-net sampling, halving over 8 finalists and 0.5 of "
+               "the rest")
 """A second auto budget run on the same worlds: the default until 2026-12-03 (search.md)."""
 PROTOCOL = (
     "Decided before the run. Reporting worlds: seeds 0-29 (the default budget, sandwich sampling with 4 "
@@ -172,12 +173,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--name", default=None, help="results file stem (default: search, or search-quick)")
     p.add_argument("--merge", nargs="+", metavar="JSON",
-                   help="no runs: the report over the runs of these result files, written as --name")
+                   help="no runs: the report over the runs of these result files (those of --seeds, if "
+                   "given), written as --name")
     args = p.parse_args()
     name = args.name or ("search-quick" if args.quick else "search")
     if args.merge:
         stored = [json.loads(Path(f).read_text()) for f in args.merge]
-        runs = [r for d in stored for r in d["runs"]]
+        runs = sorted((r for d in stored for r in d["runs"] if args.seeds is None or r["seed"] in args.seeds),
+                      key=lambda r: r["seed"])
         conditions = {**stored[0]["conditions"], "seeds": [r["seed"] for r in runs],
                       "total_s": sum(d["conditions"]["total_s"] for d in stored), "merged": list(args.merge),
                       "protocol": PROTOCOL}
@@ -202,14 +205,18 @@ def main() -> None:
 
 
 def _write(name: str, runs: list, conditions: dict, quick: bool) -> None:
-    """Print the report; store the runs as results/<name>.json and (full runs) the report as .md."""
+    """Print the report; store the runs as results/<name>.json and (full runs) the report as .md, keeping
+    the hand-written "## Commentary" of the .md it replaces."""
     text = report(runs, conditions, SPACE)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"conditions": conditions, "runs": runs}, indent=1,
                                                      default=str))
+    md = RESULTS / f"{name}.md"
     if not quick:
-        (RESULTS / f"{name}.md").write_text(text + "\n")
+        old = md.read_text() if md.exists() else ""
+        keep = "\n## Commentary" + old.split("\n## Commentary", 1)[1] if "\n## Commentary" in old else "\n"
+        md.write_text(text + "\n" + keep)
 
 
 if __name__ == "__main__":

@@ -203,10 +203,11 @@ def dev_auto_section(fixed: dict, auto: dict, seeds: range) -> list[str]:
     worlds = [str(s) for s in seeds if str(s) in fixed and str(s) in auto]
     best = _best_mean([fixed[w] for w in worlds])
     names = sorted({n for w in worlds for n in auto[w] if all(n in auto[v] for v in worlds)})
-    default = "SHS s0.2 k8 t0.5"
+    default = "SW s0.2 k4 t0.3"
     lines = [f"## auto itself on dev worlds {worlds[0]}-{worlds[-1]} (bench.search_dev, one run's budget)",
-             f"Reference: **{best}**. `{default}` is the default; `SW …` are the sandwich rule's "
-             "settings (bench.search_dev's fourth round).", "",
+             f"Reference: **{best}**. `{default}` is the default (since 2026-12-03; before, `SHS s0.2 k8 "
+             "t0.5`); `SW …` are the sandwich rule's settings (bench.search_dev's fourth round), `SWL …` "
+             "the sandwich super-net for most of the budget (fifth round).", "",
              "| variant | test acc − reference, mean ± SE (points) | worst world | − the default, paired "
              f"| CPU ÷ median fixed run | CPU ÷ {best} run |", "|---|---|---|---|---|---|"]
     for n in names:

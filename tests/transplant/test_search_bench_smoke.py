@@ -50,3 +50,10 @@ def test_bench_search_smoke(monkeypatch, tmp_path):
     merged = json.loads((tmp_path / "pooled.json").read_text())
     assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["conditions"]["total_s"] == 2.0
     assert "for seeds [0, 1]" in (tmp_path / "pooled.md").read_text()
+    (tmp_path / "pooled.md").write_text("old report\n## Commentary\nkept by hand\n")
+    monkeypatch.setattr(sys, "argv", ["bench.search", "--merge", *map(str, reversed(parts)), "--seeds", "1",
+                                      "--name", "pooled"])
+    search.main()
+    assert [r["seed"] for r in json.loads((tmp_path / "pooled.json").read_text())["runs"]] == [1]
+    md = (tmp_path / "pooled.md").read_text()
+    assert "for seeds [1]" in md and md.endswith("## Commentary\nkept by hand\n") and "old report" not in md

@@ -19,7 +19,7 @@ class AutoBudget:
     supernet_fraction: float = 0.2
     """Share of `steps` spent on the super-network; the rest races and fine-tunes the chosen child.
     The defaults (0.2, sandwich sampling, 4 stratified finalists, halving over 0.3 of the rest) were
-    chosen on 30 dev worlds and fresh worlds 10-19 over the previous ones (depth-first, 8, 0.5);
+    chosen over the previous ones (depth-first, 8, 0.5) on 30 dev worlds and reported worlds 0-19;
     bench/results/search.md."""
     max_candidates: int = 32
     """Children scored in the search; the space is searched exhaustively when it is no larger."""
@@ -31,9 +31,9 @@ class AutoBudget:
     """Super-net children per step: "sandwich" (the largest child plus a uniform one, losses summed,
     one optimiser step; Yu et al., BigNAS), "depth" (depth first, then the rest; favours the
     single-layer children) or "uniform" (one child, uniform over the children). With 4 finalists and
-    trial_fraction 0.3, "sandwich" was 1.1 points ahead of "depth" (8, 0.5) on 30 dev worlds, 1.9 on
-    fresh worlds 10-19 and 0.2 on worlds 0-9, at about twice the CPU: it picks deeper children, whose
-    steps cost more, and each super-net step runs two; bench/results/search.md."""
+    trial_fraction 0.3, "sandwich" was 1.1 points ahead of "depth" (8, 0.5) on 30 dev worlds and 2.0
+    on the 30 reported worlds, at about 1.7 times its CPU: it picks deeper children, whose steps cost
+    more, and each super-net step runs two; bench/results/search.md."""
     finalists: int = 4
     """Starting points (best children by inherited loss, warm starts ranked alike) that each get a
     short trial fine-tune before one is kept by held-out loss; 1 = fine-tune the best one only.
