@@ -43,7 +43,7 @@ class AutoBudgetOptions(BaseModel):
         description="Optimiser steps, super-network + fine-tune (default: what one fixed adapter would run).",
     )
     supernet_fraction: float | None = Field(
-        None, gt=0, lt=1, description="Share of `steps` spent on the super-network."
+        None, gt=0, lt=1, description="Share of `steps` spent on the super-network (default 0.2)."
     )
     max_candidates: int | None = Field(None, ge=1, le=1024, description="Children scored in the search.")
     depths: list[Annotated[int, Field(ge=1, le=8)]] | None = Field(None, min_length=1, max_length=8)
@@ -54,10 +54,11 @@ class AutoBudgetOptions(BaseModel):
         None, description="Children per super-net step: sandwich (default), depth first, or uniform."
     )
     finalists: int | None = Field(
-        None, ge=1, le=64, description="Best starting points trial-fine-tuned before one is kept."
+        None, ge=1, le=64, description="Best starting points trial-fine-tuned before one is kept (default 4)."
     )
     trial_fraction: float | None = Field(
-        None, gt=0, lt=1, description="Share of the post-super-net steps spent on the finalists' trials."
+        None, gt=0, lt=1,
+        description="Share of the post-super-net steps spent on the finalists' trials (default 0.3).",
     )
     selection: Literal["race", "halving"] | None = Field(
         None, description="How the finalists are cut to one: one round (race) or successive halving, the "
