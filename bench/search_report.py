@@ -55,6 +55,7 @@ def _quality(runs: list[dict], second: str) -> tuple[list[str], dict]:
         f"paired: {_ms([a - b for a, b in zip(auto, alt, strict=True)], 2)} points.",
         f"- auto − per-seed max of the 26 (optimistic oracle, selected on the test set): "
         f"{_ms(diff_oracle, 2)} points.",
+        *_blocks(runs, diff, diff_second),
         "",
         "### The 26 fixed candidates, by mean test accuracy",
         "",
@@ -69,6 +70,19 @@ def _quality(runs: list[dict], second: str) -> tuple[list[str], dict]:
         )
     return lines, {"best_mean": best, "diff": diff, "diff_second": diff_second, "diff_oracle": diff_oracle,
                    "rank": rank, "met": met}
+
+
+def _blocks(runs: list[dict], diff: list[float], diff_second: list[float], size: int = 10) -> list[str]:
+    """auto − best-mean fixed per block of `size` worlds (in run order), when there is more than one."""
+    if len(runs) <= size:
+        return []
+    parts = []
+    for i in range(0, len(runs), size):
+        d, d2 = diff[i : i + size], diff_second[i : i + size]
+        se = st.stdev(d) / len(d) ** 0.5 if len(d) > 1 else 0.0
+        parts.append(f"{runs[i]['seed']}–{runs[i + len(d) - 1]['seed']}: {st.mean(d):+.2f} (SE {se:.2f}, "
+                     f"median {st.median(d):+.2f}; second {st.mean(d2):+.2f})")
+    return [f"- auto − best-mean fixed by blocks of {size} worlds: " + "; ".join(parts) + "."]
 
 
 def _cost(runs: list[dict], best: str) -> tuple[list[str], dict]:

@@ -6,7 +6,7 @@ import sys
 import torch
 
 from bench import search, search_warm
-from bench.search_report import report
+from bench.search_report import _blocks, report
 from transplant.world import SIZES
 
 
@@ -57,3 +57,12 @@ def test_bench_search_smoke(monkeypatch, tmp_path):
     assert [r["seed"] for r in json.loads((tmp_path / "pooled.json").read_text())["runs"]] == [1]
     md = (tmp_path / "pooled.md").read_text()
     assert "for seeds [1]" in md and md.endswith("## Commentary\nkept by hand\n") and "old report" not in md
+
+
+def test_report_splits_many_worlds_into_blocks_of_ten():
+    runs = [{"seed": s} for s in range(12)]
+    diff = [-1.0] * 10 + [2.0, 4.0]
+    (line,) = _blocks(runs, diff, [0.0] * 12)
+    assert "0–9: -1.00 (SE 0.00, median -1.00; second +0.00)" in line
+    assert "10–11: +3.00 (SE 1.00, median +3.00; second +0.00)" in line
+    assert _blocks(runs[:10], diff[:10], [0.0] * 10) == []
