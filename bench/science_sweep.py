@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from bench.commentary import write_keeping_commentary
 from transplant import TrainConfig, run_transplant
 from transplant.metrics import agreement, task_metric
 from transplant.world import build_world
@@ -324,9 +325,7 @@ def write_report(dump: dict, out: Path) -> str:
     lines += ["## Settings", "", "```", json.dumps(s, indent=2), "```", ""]
     lines += [f"Wall time: {sum(w['wall_s'] for w in dump['worlds'].values()):.0f} s, 1 CPU thread.", ""]
     # Hand-written commentary after the marker survives a rewrite (e.g. --assemble).
-    kept = out.read_text().split(COMMENTARY, 1) if out.exists() else []
-    tail = COMMENTARY + kept[1] if len(kept) == 2 else ""
-    out.write_text("\n".join(lines) + "\n" + tail)
+    write_keeping_commentary(out, "\n".join(lines) + "\n", COMMENTARY)
     return head
 
 

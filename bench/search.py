@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bench.commentary import write_keeping_commentary
 from bench.search_report import report
 from bench.search_warm import run_warm
 from transplant.blackbox import frozen
@@ -181,9 +182,12 @@ def main() -> None:
         stored = [json.loads(Path(f).read_text()) for f in args.merge]
         runs = sorted((r for d in stored for r in d["runs"] if args.seeds is None or r["seed"] in args.seeds),
                       key=lambda r: r["seed"])
+        # The stored protocol and provenance are kept (a file merged before names its own sources);
+        # run time is kept per file, not per world, so a subset of worlds has none.
         conditions = {**stored[0]["conditions"], "seeds": [r["seed"] for r in runs],
-                      "total_s": sum(d["conditions"]["total_s"] for d in stored), "merged": list(args.merge),
-                      "protocol": PROTOCOL}
+                      "merged": [m for f, d in zip(args.merge, stored, strict=True)
+                                 for m in d["conditions"].get("merged", [f])],
+                      "total_s": None if args.seeds else sum(d["conditions"]["total_s"] for d in stored)}
         _write(name, runs, conditions, quick=False)
         return
     torch.set_num_threads(1)
@@ -212,11 +216,8 @@ def _write(name: str, runs: list, conditions: dict, quick: bool) -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps({"conditions": conditions, "runs": runs}, indent=1,
                                                      default=str))
-    md = RESULTS / f"{name}.md"
     if not quick:
-        old = md.read_text() if md.exists() else ""
-        keep = "\n## Commentary" + old.split("\n## Commentary", 1)[1] if "\n## Commentary" in old else "\n"
-        md.write_text(text + "\n" + keep)
+        write_keeping_commentary(RESULTS / f"{name}.md", text + "\n", "\n## Commentary")
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import sys
 import torch
 
 from bench import search, search_warm
+from bench.commentary import write_keeping_commentary
 from bench.search_report import _blocks, report
 from transplant.world import SIZES
 
@@ -66,3 +67,14 @@ def test_report_splits_many_worlds_into_blocks_of_ten():
     assert "0–9: -1.00 (SE 0.00, median -1.00; second +0.00)" in line
     assert "10–11: +3.00 (SE 1.00, median +3.00; second +0.00)" in line
     assert _blocks(runs[:10], diff[:10], [0.0] * 10) == []
+
+
+def test_results_rewrite_keeps_the_hand_written_commentary(tmp_path):
+    md = tmp_path / "r.md"
+    write_keeping_commentary(md, "tables v1\n", "## Commentary", default="## Commentary\n")
+    assert md.read_text() == "tables v1\n## Commentary\n"
+    md.write_text(md.read_text() + "by hand\n")
+    write_keeping_commentary(md, "tables v2\n", "## Commentary", default="## Commentary\n")
+    assert md.read_text() == "tables v2\n## Commentary\nby hand\n"
+    write_keeping_commentary(tmp_path / "new.md", "tables\n", "## Commentary")
+    assert (tmp_path / "new.md").read_text() == "tables\n"
