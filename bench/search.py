@@ -57,7 +57,11 @@ PROTOCOL = (
     "the answer directly costs), and ÷ all 26. Warm starts: see the warm-start section's criterion. "
     "The quality verdict is taken on the 30 worlds pooled; worlds 20-29 alone, the check no choice saw, "
     "are in search-20-29.md. Earlier: worlds 0-9 only (until 2026-12-02), then 0-19 with the depth-first "
-    "default (search-pooled.md, worlds 10-19 alone in search-fresh.md: -1.88 pooled, missed)."
+    "default (search-pooled.md, worlds 10-19 alone in search-fresh.md: -1.88 pooled, missed). Run 2 "
+    "(declared before it ran, 2026-12-03): the same worlds and code, except that auto now lifts registered "
+    "adapters into the search space (lift_warm_starts, chosen on dev worlds 100-129, search-lift-dev.md), "
+    "which only the warm-start section's auto with the registry uses; on another session's machine. Run 1 "
+    "is kept as search-run1.md/json; both runs' verdicts are reported, neither replaces the other."
 )
 
 

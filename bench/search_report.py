@@ -170,7 +170,7 @@ def _warm(runs: list[dict], every: int) -> tuple[list[str], dict]:
                 f"{_fmt(w['cold_steps'], 0)} | {_fmt(w['warm_steps'], 0)} | **{_fmt(w['ratio'], 2)}** | "
                 f"{_fmt(w['cold_steps_near'], 0)} / {_fmt(w['warm_steps_near'], 0)}, "
                 f"{_fmt(w['ratio_near'], 2)} | "
-                f"{w['cold_test']['acc']:.1f} / {w['warm_test']['acc']:.1f} | `{w['auto_warm_start']}` | "
+                f"{w['cold_test']['acc']:.1f} / {w['warm_test']['acc']:.1f} | {_used(w)} | "
                 f"{w['auto_cold_test']['acc']:.1f} / {w['auto_warm_test']['acc']:.1f} |"
             )
         drift = [run["warm"][mode]["feature_drift"] for run in runs]
@@ -199,6 +199,12 @@ def _warm(runs: list[dict], every: int) -> tuple[list[str], dict]:
             "",
         ]
     return lines, summary
+
+
+def _used(w: dict) -> str:
+    """The registered adapter auto kept (and the child it was lifted into), or `None`."""
+    lifted = w.get("auto_warm_lifted", {}).get(w["auto_warm_start"])
+    return f"`{w['auto_warm_start']}`" + (f" → {lifted}" if lifted else "")
 
 
 def _with_registry(runs: list[dict], mode: str) -> str:

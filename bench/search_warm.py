@@ -138,6 +138,7 @@ def run_scenario(world, cat, seed, mode, x, test, cfg, h_old, space_budget, scor
         "auto_cold_test": scores(auto_cold.adapter, f2, g_t2, g_s, test),
         "auto_warm_test": scores(auto_warm.adapter, f2, g_t2, g_s, test),
         "auto_warm_start": sw["warm_start"],
+        "auto_warm_lifted": {w["name"]: w["lifted_into"] for w in sw["warm_starts"] if "lifted_into" in w},
         "auto_warm_scores": {w["name"]: w["score"] for w in sw["warm_starts"]},
         "auto_best_child": sw["candidates"][0]["score"],
         "auto_race": sw["race"],

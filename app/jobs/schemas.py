@@ -70,6 +70,14 @@ class AutoBudgetOptions(BaseModel):
     extrapolate: StrictBool | None = Field(
         None, description="With halving: cut by held-out loss extrapolated to the end of the budget."
     )
+    size_tolerance: float | None = Field(
+        None, ge=0, lt=1, description="With halving: finalists within this fraction of the best held-out "
+        "loss count as tied and the larger goes on first (default 0: the loss alone decides)."
+    )
+    lift_warm_starts: StrictBool | None = Field(
+        None, description="Grow each registered adapter offered as a warm start into the best-ranked child "
+        "that holds it exactly (the same function at step 0, more capacity) before the race (default true)."
+    )
 
     @model_validator(mode="before")
     @classmethod

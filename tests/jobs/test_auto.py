@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 
 import pytest
 import torch
 
+from app.jobs.schemas import AutoBudgetOptions
 from tests.jobs.world import (
     X_SHAPE,
     World,
@@ -18,6 +20,7 @@ from tests.jobs.world import (
     transplant,
     wait_for,
 )
+from transplant.search import AutoBudget
 from workers.tasks import transplant as transplant_task
 
 TRAIN = {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}
@@ -128,6 +131,8 @@ CASES = [
     ({"auto": {"budget": {"trial_fraction": 1}}}, "adapter.auto.budget.trial_fraction"),
     ({"auto": {"budget": {"selection": "best"}}}, "adapter.auto.budget.selection"),
     ({"auto": {"budget": {"stratify": "yes"}}}, "adapter.auto.budget.stratify"),
+    ({"auto": {"budget": {"lift_warm_starts": "no"}}}, "adapter.auto.budget.lift_warm_starts"),
+    ({"auto": {"budget": {"size_tolerance": 1}}}, "adapter.auto.budget.size_tolerance"),
 ]
 
 
@@ -164,3 +169,11 @@ def test_halving_budget_runs_rounds_in_the_worker(embedded_api, embedded_world: 
     assert search["selection"] == "halving" and search["race_steps"] == 8
     assert [r["round"] for r in search["race"]] == [0, 0, 0, 0, 1, 1]
     assert {r["phase"] for r in job["history"]} == {"supernet", "race", "finetune"}
+
+
+def test_every_engine_budget_key_is_accepted_over_http() -> None:
+    # The HTTP schema and the engine's budget list the same keys (out_shape is set from the task module).
+    engine = {f.name for f in dataclasses.fields(AutoBudget)} - {"out_shape"}
+    assert set(AutoBudgetOptions.model_fields) == engine
+    budget = AutoBudgetOptions(lift_warm_starts=False, size_tolerance=0.1).model_dump(exclude_none=True)
+    assert AutoBudget.from_dict(budget).lift_warm_starts is False

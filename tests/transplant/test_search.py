@@ -103,7 +103,9 @@ def test_warm_start_picks_the_best_registered_adapter():
         ),
     ]
     x = torch.randn(24, 3, 6, 6)
-    res = run_auto_transplant(f, g_t, g_s, x, budget={"steps": 6, **SMALL}, warm_starts=warm, train=FAST)
+    # As registered (test_search_lift.py covers the lifted warm starts, the default).
+    budget = {"steps": 6, **SMALL, "lift_warm_starts": False}
+    res = run_auto_transplant(f, g_t, g_s, x, budget=budget, warm_starts=warm, train=FAST)
     s = res.metrics["search"]
     assert s["warm_start"] == "good"
     scores = {w["name"]: w["score"] for w in s["warm_starts"]}
@@ -202,7 +204,7 @@ def test_warm_start_competes_in_the_race():
     g_t = _teacher_through(g_s, copy.deepcopy(good))
     warm = [("good", good, adapter_spec(space.config(Candidate(2, 6, 3, True))))]
     budget = {"steps": 30, "finalists": 2, "trial_fraction": 0.5, "selection": "race", "stratify": False,
-              **SMALL}
+              "lift_warm_starts": False, **SMALL}
     x = torch.randn(24, 3, 6, 6)
     res = run_auto_transplant(f, g_t, g_s, x, budget=budget, warm_starts=warm, train=FAST)
     s = res.metrics["search"]

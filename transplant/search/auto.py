@@ -37,6 +37,7 @@ from transplant.search.space import Candidate
 from transplant.search.stages import (
     Staged,
     held_out_score,
+    lift_warm_starts,
     prepare,
     search_children,
     steps_for,
@@ -98,6 +99,8 @@ def run_auto_transplant(
 
         ranked = search_children(supernet, score, plan.max_candidates, cfg.seed, on_scored)
         warm = warm_start_scores(warm_starts, space, score, device)
+        if plan.lift_warm_starts:
+            lift_warm_starts(warm, ranked, space, cfg.seed)
         finalists = pick_finalists(ranked, warm, plan.finalists, supernet, plan.stratify)
 
         # Stage 3a: the finalists get steps of their own before one is kept by held-out loss
@@ -144,7 +147,8 @@ def run_auto_transplant(
         "chosen": adapter_spec(config),
         "chosen_score": winner["score"],
         "warm_start": warm_name,
-        "warm_starts": [{k: w[k] for k in ("name", "score", "skipped") if k in w} for w in warm],
+        "warm_starts": [{k: w[k] for k in ("name", "score", "skipped", "lifted_into") if k in w}
+                        for w in warm],
         "selection": plan.selection if rounds else None,
         "race": race,
         "supernet_steps": sup.steps_done,

@@ -18,6 +18,7 @@ from transplant.distill.trainer import TrainConfig, Trainer
 from transplant.errors import Cancelled, TrainingDiverged
 from transplant.run import _objective, _split
 from transplant.search.budget import SPACE_KEYS, AutoBudget
+from transplant.search.lift import can_lift, lift
 from transplant.search.space import Candidate, SearchSpace
 from transplant.search.supernet import SuperNet
 
@@ -125,6 +126,21 @@ def warm_start_scores(
             p.requires_grad_(True)
         out.append({"name": name, "score": score(h), "module": h, "config": cfg})
     return out
+
+
+def lift_warm_starts(warm: list[dict], ranked: list[tuple[Candidate, float]], space: SearchSpace,
+                     seed: int) -> None:
+    """Grow each scored warm start, in place, into the best-ranked child that holds it exactly.
+
+    The score stays valid (the lifted adapter computes the same function); "lifted_into" names the child.
+    """
+    for w in warm:
+        if w.get("score") is None:
+            continue
+        target = next((c for c, _ in ranked if can_lift(w["config"], space.config(c))), None)
+        if target is not None:
+            w["module"] = lift(w["module"], w["config"], space.config(target), seed)
+            w["config"], w["lifted_into"] = space.config(target), child_name(target)
 
 
 def child_name(c: Candidate) -> str:
