@@ -185,20 +185,32 @@ def scaled_rounds_section(runs: list[dict], fraction: float) -> list[str]:
                     ""]
 
 
-def machines_section(runs: list[dict], earlier: list[dict]) -> list[str]:
-    """The same worlds' fixed runs in two stored results (same code; each session has its own machine)."""
-    before = {r["seed"]: {f["label"]: f["acc"] for f in r["fixed"]} for r in earlier}
-    lines = ["## The same code, two runs (search-pooled.json, then search.json)",
-             "| worlds | fixed runs identical | mean absolute change of a fixed run's test acc (points) |",
-             "|---|---|---|"]
-    for lo in range(0, max(before) + 1, 10):
-        pairs = [(before[r["seed"]][f["label"]], f["acc"]) for r in runs if lo <= r["seed"] < lo + 10
-                 and r["seed"] in before for f in r["fixed"]]
-        if pairs:
-            lines.append(f"| {lo}-{lo + 9} | {sum(a == b for a, b in pairs)} of {len(pairs)} | "
-                         f"{st.mean(abs(a - b) for a, b in pairs):.2f} |")
-    return lines + ["", "Worlds 0-9 of search-pooled.json ran in the session before (commit 37dadfb), "
-                    "10-19 in the same session as search.json.", ""]
+MACHINES = (
+    ("search-pooled.json", "search-run1.json",
+     "worlds 0-9 of search-pooled.json ran in the session before run 1 (commit 37dadfb), 10-19 in run 1's"),
+    ("search-run1.json", "search.json", "run 2 ran in a later session, on its own machine"),
+    ("search-pooled.json", "search.json", "worlds 0-9 of both ran in sessions two apart (2026-12-02 and "
+     "run 2's), on machines that give the same bits"),
+)
+"""Stored results of the same worlds and fixed-run code, compared pairwise (earlier, later, where)."""
+
+
+def machines_section(stored: dict[str, list[dict]]) -> list[str]:
+    """The same worlds' fixed runs in stored results (same code; each session has its own machine)."""
+    lines = ["## The same code, different runs", "",
+             "| earlier → later | worlds | fixed runs identical | mean absolute change of a fixed run's "
+             "test acc (points) |", "|---|---|---|---|"]
+    notes = []
+    for earlier, later, where in MACHINES:
+        before = {r["seed"]: {f["label"]: f["acc"] for f in r["fixed"]} for r in stored[earlier]}
+        notes.append(f"{earlier} → {later}: {where}.")
+        for lo in range(0, max(before) + 1, 10):
+            pairs = [(before[r["seed"]][f["label"]], f["acc"]) for r in stored[later]
+                     if lo <= r["seed"] < lo + 10 and r["seed"] in before for f in r["fixed"]]
+            if pairs:
+                lines.append(f"| {earlier} → {later} | {lo}-{lo + 9} | {sum(a == b for a, b in pairs)} of "
+                             f"{len(pairs)} | {st.mean(abs(a - b) for a, b in pairs):.2f} |")
+    return lines + [""] + notes + [""]
 
 
 def reported_section(runs: list[dict]) -> list[str]:
@@ -246,7 +258,8 @@ def main() -> None:
              "whose selection errs more, cannot be expected to stay inside it.", ""]
     reported = json.loads((RESULTS / "search.json").read_text())["runs"]
     lines += reported_section(reported)
-    lines += machines_section(reported, json.loads((RESULTS / "search-pooled.json").read_text())["runs"])
+    names = {n for pair in MACHINES for n in pair[:2]}
+    lines += machines_section({n: json.loads((RESULTS / n).read_text())["runs"] for n in names})
     fixed = json.loads((RESULTS / "search-dev-fixed.json").read_text())
     auto = json.loads((RESULTS / "search-dev-auto.json").read_text())
     for fraction in (0.2, 0.3):

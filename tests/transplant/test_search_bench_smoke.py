@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from bench import search, search_warm
+from bench import search, search_ceiling, search_lift, search_warm
 from bench.commentary import write_keeping_commentary
 from bench.search_report import _blocks, report
 from transplant.world import SIZES
@@ -78,3 +78,35 @@ def test_results_rewrite_keeps_the_hand_written_commentary(tmp_path):
     assert md.read_text() == "tables v2\n## Commentary\nby hand\n"
     write_keeping_commentary(tmp_path / "new.md", "tables\n", "## Commentary")
     assert (tmp_path / "new.md").read_text() == "tables\n"
+
+
+def test_bench_search_lift_smoke(monkeypatch):
+    monkeypatch.setitem(
+        SIZES,
+        "small",
+        {"n_old": 2, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2},
+    )
+    monkeypatch.setattr(search_warm, "FINETUNE_STEPS", 2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        row = search_lift.run_world(0, steps=12)
+    finally:
+        torch.set_num_threads(threads)
+    for mode in search_lift.MODES:
+        assert set(row[mode]) == {"cold", "warm", "lift"}
+        assert row[mode]["cold"]["lifted_into"] == [] and row[mode]["warm"]["lifted_into"] == [None] * 3
+        assert all(row[mode]["lift"]["lifted_into"])  # the default adapter grows in the default space
+    text = search_lift.report([row, {**row, "seed": 1}])
+    assert "Worlds 0–1 (2;" in text and "- lift − warm: **" in text
+
+
+def test_machines_section_compares_the_same_fixed_runs():
+    def stored(acc):
+        return [{"seed": s, "fixed": [{"label": "d1 k1", "acc": acc + s}, {"label": "d1 k3", "acc": 50.0}]}
+                for s in range(12)]
+
+    runs = {"search-pooled.json": stored(10.0), "search-run1.json": stored(10.0), "search.json": stored(11.0)}
+    text = "\n".join(search_ceiling.machines_section(runs))
+    assert "| search-pooled.json → search-run1.json | 0-9 | 20 of 20 | 0.00 |" in text
+    assert "| search-run1.json → search.json | 10-19 | 2 of 4 | 0.50 |" in text

@@ -32,8 +32,8 @@ class AutoBudget:
     one optimiser step; Yu et al., BigNAS), "depth" (depth first, then the rest; favours the
     single-layer children) or "uniform" (one child, uniform over the children). With 4 finalists and
     trial_fraction 0.3, "sandwich" was 1.1 points ahead of "depth" (8, 0.5) on 30 dev worlds and 2.0
-    on the 30 reported worlds, at about 1.7 times its CPU: it picks deeper children, whose steps cost
-    more, and each super-net step runs two; bench/results/search.md."""
+    and 0.7 on the 30 reported worlds (two runs, two machines), at about 1.7 times its CPU: it picks
+    deeper children, whose steps cost more, and each super-net step runs two; bench/results/search.md."""
     finalists: int = 4
     """Starting points (best children by inherited loss, warm starts ranked alike) that each get a
     short trial fine-tune before one is kept by held-out loss; 1 = fine-tune the best one only.
