@@ -72,6 +72,19 @@ for _sf, _k, _tf in ((0.8, 1, 0.1), (0.7, 4, 0.3), (0.5, 4, 0.3)):
                                            "finalists": _k, "trial_fraction": _tf}
 """Fifth round (dev worlds 100-129): the sandwich super-net trained for most of the budget, as the
 issue describes it (one super-net, then a brief fine-tune of the pick)."""
+_SW = VARIANTS["SW s0.2 k4 t0.3"]
+VARIANTS["R6 default"] = _SW
+for _w in (5, 10):
+    VARIANTS[f"R6 warmup {_w}"] = {**_SW, "warmup_steps": _w}
+VARIANTS["R6 warmup 5 keep-opt"] = {**_SW, "warmup_steps": 5, "keep_optimizer": True}
+VARIANTS["R6 keep-opt"] = {**_SW, "keep_optimizer": True}
+"""Sixth round (dev worlds 100-129, 2026-12-03, its own machine, so the default runs again as "R6
+default"): a learning-rate warmup for the race and the fine-tune, which start from trained weights
+(run 2's race records show held-out losses doubling after a finalist's first 6 Adam steps), and the
+fine-tune continuing the winner's Adam state instead of a fresh one. "R6 default" came out bit-identical to
+the stored "SW s0.2 k4 t0.3" on all 30 worlds (the same kind of machine). Paired − R6 default: warmup 5
+−0.50 (SE 0.55), warmup 10 −0.83 (0.51), warmup 5 + keep-opt −0.59 (0.36), keep-opt −0.41 (0.32); none
+was adopted (search.md)."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 
@@ -120,10 +133,11 @@ def summary(names: list[str] | None = None) -> str:
         ref = "D depth .3 k4"
         vs_d = [auto[s][name]["acc"] - auto[s][ref]["acc"] for s in have if ref in auto[s]]
         sd = st.stdev(vs_d) if len(vs_d) > 1 else 0.0
+        paired = f"{st.mean(vs_d):+.2f} ± {sd:.2f}" if vs_d else "—"
         picks = ", ".join(auto[s][name]["pick"] for s in have)
         cpu = st.mean(auto[s][name]["cpu"] for s in have)
         rows.append((st.mean(diff), f"| {name} | {len(have)} | {st.mean(acc):.2f} | {st.mean(diff):+.2f} | "
-                     f"{st.mean(vs_d):+.2f} ± {sd:.2f} | {cpu:.2f} | {picks} |"))
+                     f"{paired} | {cpu:.2f} | {picks} |"))
     lines += [r for _, r in sorted(rows, key=lambda r: -r[0])]
     return "\n".join(lines)
 

@@ -110,6 +110,7 @@ def run_auto_transplant(
         winner, race, race_steps = run_rounds(
             finalists, rounds, lambda m: _objective(method, m, g_student, g_teacher, cfg, gen), score, cfg,
             train_data, callbacks, sup.steps_done, total, should_stop, horizon, plan.size_tolerance,
+            plan.warmup_steps,
         )
         done = sup.steps_done + race_steps
         h, config, warm_name = winner["module"], winner["config"], winner["warm"]
@@ -119,7 +120,12 @@ def run_auto_transplant(
         obj = _objective(method, h, g_student, g_teacher, cfg, gen)
         start_state = copy.deepcopy(h.state_dict())
         fine_cb = Staged(callbacks, "finetune", done, total)
-        fine = train_for(h, obj, cfg, max(1, total - done), train_data, val_data, [fine_cb], should_stop)
+        if plan.keep_optimizer and "stepper" in winner:  # continue the race's Adam state, no new warmup
+            options = {"optimizer_state": winner["stepper"].opt.state_dict()}
+        else:
+            options = {"warmup_steps": plan.warmup_steps}
+        fine = train_for(h, obj, cfg, max(1, total - done), train_data, val_data, [fine_cb], should_stop,
+                         **options)
         final_score = held_out_score(h, g_student, g_teacher, held_out, cfg)
         if final_score > start_score:  # fine-tuning made the held-out loss worse: keep the start
             h.load_state_dict(start_state)

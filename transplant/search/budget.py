@@ -60,6 +60,13 @@ class AutoBudget:
     On 30 dev worlds with the predecessor's default adapter offered, auto with the registry ended
     1.77 points below auto without it when warm starts raced as registered, and 0.40 above it
     lifted (bench/results/search-lift-dev.md)."""
+    warmup_steps: int = 0
+    """The race's and the fine-tune's learning rate rises linearly over this many steps (each finalist's
+    own steps; the fine-tune's first ones), since they start from trained weights (0: none). On 30 dev
+    worlds 5 and 10 steps ended 0.50 and 0.83 points below none (SE 0.5; bench/search_dev.py, "R6")."""
+    keep_optimizer: bool = False
+    """The fine-tune continues the winner's optimiser state from the race instead of a fresh Adam (30
+    dev worlds: 0.41 points below a fresh one, SE 0.32)."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 
@@ -91,4 +98,8 @@ class AutoBudget:
             raise ValueError("extrapolate must be true or false")
         if not isinstance(b.lift_warm_starts, bool):
             raise ValueError("lift_warm_starts must be true or false")
+        if not isinstance(b.warmup_steps, int) or isinstance(b.warmup_steps, bool) or b.warmup_steps < 0:
+            raise ValueError("warmup_steps must be an integer ≥ 0")
+        if not isinstance(b.keep_optimizer, bool):
+            raise ValueError("keep_optimizer must be true or false")
         return b

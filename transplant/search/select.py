@@ -94,6 +94,7 @@ def run_rounds(
     should_stop: Callable[[], bool] | None,
     horizon: int | None = None,
     size_tolerance: float = 0.0,
+    warmup_steps: int = 0,
 ) -> tuple[dict, list[dict], int]:
     """Train and cut the finalists round by round; (winner, per-round records, steps spent).
 
@@ -103,6 +104,7 @@ def run_rounds(
     size_tolerance: at each cut, finalists within this fraction of the best loss count as tied and
     the larger (more parameters) go first: after a few steps each, a larger child is further from
     its final loss than a smaller one at the same level (see `rank_for_cut`).
+    warmup_steps: each finalist's learning rate rises linearly over its first own steps.
     """
     alive = list(range(len(finalists)))
     records: list[dict] = []
@@ -114,7 +116,7 @@ def run_rounds(
                 # The same data order for every finalist (common random numbers: the comparison
                 # measures the starting points, not the luck of the batches).
                 fin["stepper"] = Stepper(fin["module"], make_objective(fin["module"]), cfg, data, cfg.seed,
-                                         should_stop)
+                                         should_stop, warmup_steps)
             cb = Staged(callbacks, "race", offset + done, total, round=r, finalist=i)
             rec = fin["stepper"].run(steps, [cb])
             done += steps

@@ -14,7 +14,7 @@ from torch import nn
 from transplant.adapters import config_from_spec
 from transplant.blackbox import batched_apply
 from transplant.distill.losses import back_distillation_loss
-from transplant.distill.trainer import TrainConfig, Trainer
+from transplant.distill.trainer import TrainConfig, Trainer, set_warmup_lr
 from transplant.errors import Cancelled, TrainingDiverged
 from transplant.run import _objective, _split
 from transplant.search.budget import SPACE_KEYS, AutoBudget
@@ -169,11 +169,13 @@ def train_for(
     val: list | None,
     callbacks: Sequence[Any],
     should_stop: Callable[[], bool] | None,
+    **trainer_options: Any,
 ) -> Trainer:
-    """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it)."""
+    """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it);
+    trainer_options: Trainer's warmup_steps and optimizer_state."""
     per_epoch = _per_epoch(cfg, data[0].shape[0])
     stage_cfg = dataclasses.replace(cfg, max_steps=steps, epochs=max(1, math.ceil(steps / per_epoch)))
-    trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop)
+    trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop, **trainer_options)
     trainer.fit(data, val)
     return trainer
 
@@ -232,8 +234,10 @@ class Stepper:
         data: list,
         seed: int,
         should_stop: Callable[[], bool] | None = None,
+        warmup_steps: int = 0,
     ) -> None:
         self.module, self.objective, self.cfg, self.data = module, objective, cfg, data
+        self.warmup_steps = warmup_steps
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(seed)
@@ -265,6 +269,7 @@ class Stepper:
             loss.backward()
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+            set_warmup_lr(self.opt, self.cfg.lr, self.steps_done, self.warmup_steps)
             self.opt.step()
             self.steps_done += 1
             vals = {k: _num(out.get(k, loss if k == "loss_out" else 0.0)) for k in sums}
