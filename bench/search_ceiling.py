@@ -234,7 +234,9 @@ def dev_auto_section(fixed: dict, auto: dict, seeds: range) -> list[str]:
     lines = [f"## auto itself on dev worlds {worlds[0]}-{worlds[-1]} (bench.search_dev, one run's budget)",
              f"Reference: **{best}**. `{default}` is the default (since 2026-12-03; before, `SHS s0.2 k8 "
              "t0.5`); `SW …` are the sandwich rule's settings (bench.search_dev's fourth round), `SWL …` "
-             "the sandwich super-net for most of the budget (fifth round).", "",
+             "the sandwich super-net for most of the budget (fifth round), `R6 …` a warmup and a kept "
+             "optimiser (sixth round, on the machine kind of the stored default runs: `R6 default` is "
+             f"bit-identical to `{default}`; its CPU ratios use fixed runs timed in another session).", "",
              "| variant | test acc − reference, mean ± SE (points) | worst world | − the default, paired "
              f"| CPU ÷ median fixed run | CPU ÷ {best} run |", "|---|---|---|---|---|---|"]
     for n in names:
