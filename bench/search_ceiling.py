@@ -235,8 +235,9 @@ def dev_auto_section(fixed: dict, auto: dict, seeds: range) -> list[str]:
              f"Reference: **{best}**. `{default}` is the default (since 2026-12-03; before, `SHS s0.2 k8 "
              "t0.5`); `SW …` are the sandwich rule's settings (bench.search_dev's fourth round), `SWL …` "
              "the sandwich super-net for most of the budget (fifth round), `R6 …` a warmup and a kept "
-             "optimiser (sixth round, on the machine kind of the stored default runs: `R6 default` is "
-             f"bit-identical to `{default}`; its CPU ratios use fixed runs timed in another session).", "",
+             "optimiser (sixth round), `R7 …` fewer steps in all (seventh round; both on the machine kind "
+             f"of the stored default runs: `R6 default` is bit-identical to `{default}`; their CPU ratios "
+             "use fixed runs timed in another session).", "",
              "| variant | test acc − reference, mean ± SE (points) | worst world | − the default, paired "
              f"| CPU ÷ median fixed run | CPU ÷ {best} run |", "|---|---|---|---|---|---|"]
     for n in names:

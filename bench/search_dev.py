@@ -85,6 +85,12 @@ fine-tune continuing the winner's Adam state instead of a fresh one. "R6 default
 the stored "SW s0.2 k4 t0.3" on all 30 worlds (the same kind of machine). Paired − R6 default: warmup 5
 −0.50 (SE 0.55), warmup 10 −0.83 (0.51), warmup 5 + keep-opt −0.59 (0.36), keep-opt −0.41 (0.32); none
 was adopted (search.md)."""
+for _steps in (160, 130):
+    VARIANTS[f"R7 steps {_steps}"] = {**_SW, "steps": _steps}
+"""Seventh round (dev worlds 100-129, 2026-12-03): the default budget with fewer steps in all than the
+fixed runs' 200 (super-net, race and fine-tune in the same shares), for the cost goal's median reading.
+Declared before the run: adopted only if within 0.25 points of R6 default, paired. Result: 160 steps
+−0.67 (SE 0.50) at 0.87× the default's CPU, 130 steps −1.52 (SE 0.68) at 0.68×; not adopted."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 
