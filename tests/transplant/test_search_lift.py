@@ -65,6 +65,8 @@ def test_what_cannot_be_lifted_exactly_is_refused():
     assert not can_lift(space.config(Candidate(2, 8, 1, False)), other)  # other shapes
     with pytest.raises(ValueError, match="cannot lift"):
         lift(build_adapter(d2), d2, d2)
+    with pytest.raises(ValueError, match="the module has 3 layers, its config 2"):
+        lift(build_adapter(dataclasses.replace(d2, layers=3)), d2, dataclasses.replace(d2, hidden=16))
 
 
 def test_auto_grows_the_warm_start_it_keeps():

@@ -79,12 +79,11 @@ def lift(module: nn.Module, src: AdapterConfig, dst: AdapterConfig, seed: int = 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         out = build_adapter(dst)
-    old, new = _layers(module), _layers(out)
-    if len(old) != src.layers or len(new) != dst.layers:
-        raise ValueError("the module's layers do not match its config")
+    old = _layers(module)
+    if len(old) != src.layers:
+        raise ValueError(f"the module has {len(old)} layers, its config {src.layers}")
     device = old[0].weight.device
-    out = out.to(device)
-    new = _layers(out)
+    new = _layers(out.to(device))  # dst.layers of them: out was built from dst
     # Old layers 1..n-1 map to the first new layers, the old last layer to the new last layer, and
     # the new layers in between are the identity on the old hidden channels.
     pairs = list(zip(new[: len(old) - 1], old[:-1], strict=True)) + [(new[-1], old[-1])]
