@@ -90,7 +90,8 @@ for _steps in (160, 130):
 """Seventh round (dev worlds 100-129, 2026-12-03): the default budget with fewer steps in all than the
 fixed runs' 200 (super-net, race and fine-tune in the same shares), for the cost goal's median reading.
 Declared before the run: adopted only if within 0.25 points of R6 default, paired. Result: 160 steps
-−0.67 (SE 0.50) at 0.87× the default's CPU, 130 steps −1.52 (SE 0.68) at 0.68×; not adopted."""
+−0.67 (SE 0.50) and 130 steps −1.52 (SE 0.68), at 2.22× and 1.77× the median fixed run's CPU against
+the default's 2.66× (search-ceiling.md); not adopted."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 

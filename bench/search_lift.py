@@ -17,15 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import statistics as st
-import time
+from functools import partial
 from pathlib import Path
 
 import torch
 
-from bench.search import RESULTS, SPACE, _label, bench_world, score_on_test
-from bench.search_warm import new_version
-from transplant.adapters import adapter_spec, fit_adapter_config
-from transplant.run import run_transplant
+from bench.search import RESULTS, SPACE, _label, _timed, bench_world, score_on_test
+from bench.search_warm import new_version, predecessor, registry
 from transplant.search import run_auto_transplant
 
 RUNS = {"cold": None, "warm": False, "lift": True}
@@ -37,27 +35,19 @@ def run_world(seed: int, steps: int = 200) -> dict:
     """The three auto runs for both scenarios of one world."""
     b = bench_world(seed, steps)
     world, cat, x, cfg, g_s = b.world, b.cat, b.x, b.cfg, b.g_s
-    fs = world.feature_shape
-    f1, g1 = world.teachers[cat]["cls"]
-    h_old = run_transplant(f1, g1, g_s, x, method="back_distillation", adapter=fit_adapter_config(fs, fs),
-                           train=cfg).adapter
-    spec = adapter_spec(fit_adapter_config(fs, fs))
-    offered = [("f@1-adapter", h_old, spec)] + [
-        (f"{c}/cls", world.old_adapters[c]["cls"], spec) for c in world.old_categories
-    ]
+    offered = registry(world, predecessor(world, cat, x, cfg))
     row: dict = {"seed": seed}
     for mode in MODES:
         f2, g2 = new_version(world, cat, seed, mode)
         row[mode] = {}
         for name, lifted in RUNS.items():
             budget = {"steps": steps, **SPACE} | ({} if lifted is None else {"lift_warm_starts": lifted})
-            t = time.process_time()
-            a = run_auto_transplant(f2, g2, g_s, x, budget=budget, train=cfg,
-                                    warm_starts=() if lifted is None else offered)
+            a, _, cpu = _timed(partial(run_auto_transplant, f2, g2, g_s, x, budget=budget, train=cfg,
+                                       warm_starts=() if lifted is None else offered))
             s = a.metrics["search"]
             row[mode][name] = {
                 "acc": score_on_test(a.adapter, f2, g2, g_s, b.test)["acc"],
-                "cpu_s": time.process_time() - t,
+                "cpu_s": cpu,
                 "pick": _label(a.spec),
                 "warm": s["warm_start"],
                 "lifted_into": [w.get("lifted_into") for w in s["warm_starts"]],

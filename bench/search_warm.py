@@ -113,10 +113,7 @@ def run_scenario(world, cat, seed, mode, x, test, cfg, h_old, space_budget, scor
     cold_n, warm_n = steps_to_target(cold, target), steps_to_target(warm, target)
     # Secondary (added after the quick smoke showed both runs creeping to one plateau): within 10 %.
     cold_10, warm_10 = steps_to_target(cold, NEAR * target), steps_to_target(warm, NEAR * target)
-    spec = adapter_spec(fit_adapter_config(fs, fs))
-    offered = [("f@1-adapter", h_old, spec)] + [
-        (f"{c}/cls", world.old_adapters[c]["cls"], spec) for c in world.old_categories
-    ]
+    offered = registry(world, h_old)
     auto_cold = run_auto_transplant(f2, g_t2, g_s, x, budget=space_budget, train=cfg)
     auto_warm = run_auto_transplant(f2, g_t2, g_s, x, budget=space_budget, train=cfg, warm_starts=offered)
     sw = auto_warm.metrics["search"]
@@ -145,12 +142,25 @@ def run_scenario(world, cat, seed, mode, x, test, cfg, h_old, space_budget, scor
     }
 
 
+def predecessor(world, cat: str, x, cfg: TrainConfig) -> nn.Module:
+    """h_old: the service's default adapter learned on f@1 by a plain back-distillation transplant."""
+    f, g_t = world.teachers[cat]["cls"]
+    fs = world.feature_shape
+    return run_transplant(f, g_t, world.generic["cls"], x, method="back_distillation",
+                          adapter=fit_adapter_config(fs, fs), train=cfg).adapter
+
+
+def registry(world, h_old: nn.Module) -> list[tuple[str, nn.Module, dict]]:
+    """The warm starts auto is offered: h_old and the old categories' adapters into the same task."""
+    fs = world.feature_shape
+    spec = adapter_spec(fit_adapter_config(fs, fs))
+    return [("f@1-adapter", h_old, spec)] + [
+        (f"{c}/cls", world.old_adapters[c]["cls"], spec) for c in world.old_categories
+    ]
+
+
 def run_warm(world, cat, seed, x, test, cfg, space_budget, scores) -> dict:
     """Both scenarios for one world; h_old is learned once on f@1 and registered."""
-    f, g_t = world.teachers[cat]["cls"]
-    g_s = world.generic["cls"]
-    fs = world.feature_shape
-    h_old = run_transplant(f, g_t, g_s, x, method="back_distillation", adapter=fit_adapter_config(fs, fs),
-                           train=cfg).adapter
+    h_old = predecessor(world, cat, x, cfg)
     return {m: run_scenario(world, cat, seed, m, x, test, cfg, h_old, space_budget, scores)
             for m in ("finetuned", "retrained")}

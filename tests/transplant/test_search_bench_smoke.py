@@ -3,6 +3,7 @@
 import json
 import sys
 
+import pytest
 import torch
 
 from bench import search, search_ceiling, search_lift, search_warm
@@ -11,12 +12,17 @@ from bench.search_report import _blocks, report
 from transplant.world import SIZES
 
 
-def test_bench_search_smoke(monkeypatch, tmp_path):
+@pytest.fixture
+def tiny_worlds(monkeypatch):
+    """bench_world's "small" worlds shrunk to seconds."""
     monkeypatch.setitem(
         SIZES,
         "small",
         {"n_old": 2, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2},
     )
+
+
+def test_bench_search_smoke(monkeypatch, tmp_path, tiny_worlds):
     monkeypatch.setattr(search_warm, "CURVE_STEPS", 20)
     monkeypatch.setattr(search_warm, "FINETUNE_STEPS", 2)
     threads = torch.get_num_threads()
@@ -80,19 +86,9 @@ def test_results_rewrite_keeps_the_hand_written_commentary(tmp_path):
     assert (tmp_path / "new.md").read_text() == "tables\n"
 
 
-def test_bench_search_lift_smoke(monkeypatch):
-    monkeypatch.setitem(
-        SIZES,
-        "small",
-        {"n_old": 2, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2},
-    )
+def test_bench_search_lift_smoke(monkeypatch, tiny_worlds):
     monkeypatch.setattr(search_warm, "FINETUNE_STEPS", 2)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        row = search_lift.run_world(0, steps=12)
-    finally:
-        torch.set_num_threads(threads)
+    row = search_lift.run_world(0, steps=12)  # one torch thread: tests/transplant/conftest.py
     for mode in search_lift.MODES:
         assert set(row[mode]) == {"cold", "warm", "lift"}
         assert row[mode]["cold"]["lifted_into"] == [] and row[mode]["warm"]["lifted_into"] == [None] * 3
