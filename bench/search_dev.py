@@ -92,6 +92,16 @@ fixed runs' 200 (super-net, race and fine-tune in the same shares), for the cost
 Declared before the run: adopted only if within 0.25 points of R6 default, paired. Result: 160 steps
 −0.67 (SE 0.50) and 130 steps −1.52 (SE 0.68), at 2.22× and 1.77× the median fixed run's CPU against
 the default's 2.66× (search-ceiling.md); not adopted."""
+VARIANTS["R8 default"] = _SW
+for _g in ("width", "max"):
+    VARIANTS[f"R8 grow {_g}"] = {**_SW, "grow": _g}
+"""Eighth round (dev worlds 100-129, 2026-12-03): the kept adapter lifted before the fine-tune into the
+widest child of its depth ("width") or the largest child ("max") that computes the same function
+(search/lift.py), since auto falls short of the best fixed candidate (d3 w64 k3) mostly on worlds where
+it keeps a smaller child. The default runs again as "R8 default" (this session's machine). Declared
+before the run: a variant becomes the default only if its paired mean − R8 default is ≥ +0.30 points
+(the higher one if both are); then bench.search runs a third time on worlds 0-29, declared in its
+protocol before it starts, and both earlier runs stay reported."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 

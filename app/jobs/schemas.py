@@ -85,6 +85,10 @@ class AutoBudgetOptions(BaseModel):
         None, description="Grow each registered adapter offered as a warm start into the best-ranked child "
         "that holds it exactly (the same function at step 0, more capacity) before the race (default true)."
     )
+    grow: Literal["off", "width", "max"] | None = Field(
+        None, description="Before the fine-tune, lift the kept adapter into the widest child of its depth "
+        "(width) or the largest child (max) that computes the same function (default off)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -32,10 +32,13 @@ from transplant.errors import Cancelled
 from transplant.metrics import agreement, task_metric
 from transplant.run import TransplantResult, _objective, check_inputs
 from transplant.search.budget import SPACE_KEYS, AutoBudget
+from transplant.search.lift import lift
 from transplant.search.select import pick_finalists, run_rounds, schedule
 from transplant.search.space import Candidate
 from transplant.search.stages import (
     Staged,
+    child_name,
+    grow_target,
     held_out_score,
     lift_warm_starts,
     prepare,
@@ -115,12 +118,17 @@ def run_auto_transplant(
         done = sup.steps_done + race_steps
         h, config, warm_name = winner["module"], winner["config"], winner["warm"]
         start_score = winner.get("raced", winner["score"])
+        kept = (h, config)
+        grown = grow_target(config, space, plan.grow)
+        if grown is not None:  # same function, more capacity for the fine-tune (search/lift.py)
+            h, config = lift(h, config, space.config(grown), cfg.seed), space.config(grown)
 
         # Stage 3b: fine-tune the kept adapter from where it is (inherited or registered weights).
         obj = _objective(method, h, g_student, g_teacher, cfg, gen)
         start_state = copy.deepcopy(h.state_dict())
         fine_cb = Staged(callbacks, "finetune", done, total)
-        if plan.keep_optimizer and "stepper" in winner:  # continue the race's Adam state, no new warmup
+        if plan.keep_optimizer and "stepper" in winner and grown is None:
+            # continue the race's Adam state, no new warmup
             options = {"optimizer_state": winner["stepper"].opt.state_dict()}
         else:
             options = {"warmup_steps": plan.warmup_steps}
@@ -130,6 +138,8 @@ def run_auto_transplant(
         if final_score > start_score:  # fine-tuning made the held-out loss worse: keep the start
             h.load_state_dict(start_state)
             final_score = start_score
+            if grown is not None:  # ... as it was, without the capacity it did not use
+                (h, config), grown = kept, None
         h.eval()
         on = val_data if val_data is not None else train_data
         with torch.no_grad():
@@ -157,6 +167,7 @@ def run_auto_transplant(
                         for w in warm],
         "selection": plan.selection if rounds else None,
         "race": race,
+        "grown_into": child_name(grown) if grown is not None else None,
         "supernet_steps": sup.steps_done,
         "race_steps": race_steps,
         "finetune_steps": fine.steps_done,

@@ -7,6 +7,7 @@ import dataclasses
 SPACE_KEYS = ("depths", "widths", "kernels", "skips")
 SAMPLINGS = ("uniform", "sandwich", "depth")
 SELECTIONS = ("race", "halving")
+GROWTHS = ("off", "width", "max")
 
 
 @dataclasses.dataclass
@@ -67,6 +68,12 @@ class AutoBudget:
     keep_optimizer: bool = False
     """The fine-tune continues the winner's optimiser state from the race instead of a fresh Adam (30
     dev worlds: 0.41 points below a fresh one, SE 0.32)."""
+    grow: str = "off"
+    """Before the fine-tune, lift the kept adapter into a larger child of the space that computes the same
+    function (search/lift.py): "width" (the widest child of its depth, kernel and skip that holds it),
+    "max" (the largest child that holds it) or "off". The race picks the start; growth gives the
+    fine-tune the capacity the best fixed candidates have. If the fine-tune does not lower the held-out
+    loss, the kept adapter stays as it was, ungrown."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 
@@ -100,6 +107,8 @@ class AutoBudget:
             raise ValueError("lift_warm_starts must be true or false")
         if not isinstance(b.warmup_steps, int) or isinstance(b.warmup_steps, bool) or b.warmup_steps < 0:
             raise ValueError("warmup_steps must be an integer ≥ 0")
+        if b.grow not in GROWTHS:
+            raise ValueError(f"unknown grow {b.grow!r}; use one of {GROWTHS}")
         if not isinstance(b.keep_optimizer, bool):
             raise ValueError("keep_optimizer must be true or false")
         return b

@@ -143,6 +143,21 @@ def lift_warm_starts(warm: list[dict], ranked: list[tuple[Candidate, float]], sp
             w["config"], w["lifted_into"] = space.config(target), child_name(target)
 
 
+def grow_target(config, space: SearchSpace, how: str) -> Candidate | None:
+    """The child that budget.grow lifts the kept adapter (of `config`) into, or None if none holds it.
+
+    "width": the widest child of the same depth, kernel and skip; "max": the largest child (deepest,
+    widest, largest kernel) that holds it exactly.
+    """
+    if how == "off":
+        return None
+    holders = [c for c in space.candidates() if can_lift(config, space.config(c))]
+    if how == "width":
+        same = (config.layers, config.kernel_size)
+        holders = [c for c in holders if (c.layers, c.kernel_size) == same and c.hidden > config.hidden]
+    return max(holders, key=lambda c: (c.layers, c.hidden, c.kernel_size), default=None)
+
+
 def child_name(c: Candidate) -> str:
     """Short label of a child: "d1 k3", "d2 w32 k3 skip"."""
     if c.layers == 1:
