@@ -135,10 +135,11 @@ def run_auto_transplant(
         fine = train_for(h, obj, cfg, max(1, total - done), train_data, val_data, [fine_cb], should_stop,
                          **options)
         final_score = held_out_score(h, g_student, g_teacher, held_out, cfg)
-        if final_score > start_score:  # fine-tuning made the held-out loss worse: keep the start
+        # Fine-tuning made the held-out loss worse (or, grown, no better): keep the start, ungrown.
+        if final_score > start_score or (grown is not None and final_score == start_score):
             h.load_state_dict(start_state)
             final_score = start_score
-            if grown is not None:  # ... as it was, without the capacity it did not use
+            if grown is not None:
                 (h, config), grown = kept, None
         h.eval()
         on = val_data if val_data is not None else train_data
