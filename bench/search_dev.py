@@ -104,8 +104,8 @@ before the run: a variant becomes the default only if its paired mean − R8 def
 protocol before it starts, and both earlier runs stay reported. Result: grow max +0.24 (SE 0.28; better
 on 14 worlds, worse on 5, always ending at d3 w64 k3 [skip]) at 3.00x the (stored) median fixed run's
 CPU against the default's 2.50x; grow width +0.10 (SE 0.18) at 2.70x; neither adopted. "R8 default"
-matched the stored "R6 default" on only 2 of 30 worlds (paired -0.39, SE 0.35): another kind of
-machine than the sixth round's, and the default moves by 0.4 points between them."""
+matched the stored "R6 default" on only 2 of 30 worlds (paired -0.39, SE 0.35): run 1's kind of
+machine, not the sixth round's (search.md), and the default moves by 0.4 points between them."""
 FIXED = RESULTS / "search-dev-fixed.json"
 AUTO = RESULTS / "search-dev-auto.json"
 

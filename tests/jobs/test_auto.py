@@ -133,6 +133,7 @@ CASES = [
     ({"auto": {"budget": {"stratify": "yes"}}}, "adapter.auto.budget.stratify"),
     ({"auto": {"budget": {"lift_warm_starts": "no"}}}, "adapter.auto.budget.lift_warm_starts"),
     ({"auto": {"budget": {"size_tolerance": 1}}}, "adapter.auto.budget.size_tolerance"),
+    ({"auto": {"budget": {"grow": "deep"}}}, "adapter.auto.budget.grow"),
 ]
 
 
@@ -175,5 +176,6 @@ def test_every_engine_budget_key_is_accepted_over_http() -> None:
     # The HTTP schema and the engine's budget list the same keys (out_shape is set from the task module).
     engine = {f.name for f in dataclasses.fields(AutoBudget)} - {"out_shape"}
     assert set(AutoBudgetOptions.model_fields) == engine
-    budget = AutoBudgetOptions(lift_warm_starts=False, size_tolerance=0.1).model_dump(exclude_none=True)
-    assert AutoBudget.from_dict(budget).lift_warm_starts is False
+    options = AutoBudgetOptions(lift_warm_starts=False, size_tolerance=0.1, grow="width")
+    plan = AutoBudget.from_dict(options.model_dump(exclude_none=True))
+    assert plan.lift_warm_starts is False and plan.grow == "width"
