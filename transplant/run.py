@@ -98,6 +98,23 @@ def check_inputs(method: str, x: torch.Tensor, y: torch.Tensor | None) -> None:
         raise ValueError(f"x has {x.shape[0]} samples but y has {y.shape[0]}")
 
 
+def end_metrics(h: nn.Module, g_student: Module, method: str, train_data: list, val_data: list | None,
+                labelled: bool) -> dict:
+    """Teacher agreement (and the task metric, when labelled) of g_student ∘ h on the held-out inputs
+    when there are some, else (small data) on the training inputs; [features, teacher outputs, labels]."""
+    on = val_data if val_data is not None else train_data
+    with torch.no_grad():
+        y_s = batched_apply(lambda z: g_student(h(z)), on[0])
+    metrics: dict = {
+        "method": method,
+        "teacher_agreement": agreement(y_s, on[1]) if y_s.dim() >= 2 else None,
+        "metrics_on": "val" if val_data is not None else "train",
+    }
+    if labelled:
+        metrics.update(task_metric(y_s, on[2]))
+    return metrics
+
+
 def run_transplant(
     f: Module,
     g_teacher: Module,
@@ -132,23 +149,9 @@ def run_transplant(
         val_data = [t[va_idx.to(device)] for t in data] if len(va_idx) else None
         trainer = Trainer(h, obj, cfg, callbacks=callbacks, should_stop=should_stop)
         history = trainer.fit(train_data, val_data)
-        # End metrics on held-out inputs when there are some, else (small data) on the training inputs.
-        on = val_data if val_data is not None else train_data
-        with torch.no_grad():
-            y_s = batched_apply(lambda z: g_student(h(z)), on[0])
-        metrics: dict = {
-            "method": method,
-            "teacher_agreement": agreement(y_s, on[1]) if y_s.dim() >= 2 else None,
-            "metrics_on": "val" if val_data is not None else "train",
-            "val_loss": trainer.best_val,
-            "n_train": int(len(tr_idx)),
-            "n_val": int(len(va_idx)),
-            "steps": trainer.steps_done,
-            "epochs_run": len(history),
-            "device": str(device),
-        }
-        if y is not None:
-            metrics.update(task_metric(y_s, on[2]))
+        metrics = end_metrics(h, g_student, method, train_data, val_data, y is not None)
+        metrics.update(val_loss=trainer.best_val, n_train=int(len(tr_idx)), n_val=int(len(va_idx)),
+                       steps=trainer.steps_done, epochs_run=len(history), device=str(device))
     h = h.cpu().eval()
     metrics["wall_s"] = time.perf_counter() - t0
     return TransplantResult(

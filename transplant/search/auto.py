@@ -26,11 +26,10 @@ import torch
 from torch import nn
 
 from transplant.adapters import adapter_spec
-from transplant.blackbox import batched_apply, frozen
+from transplant.blackbox import frozen
 from transplant.distill.trainer import TrainConfig
 from transplant.errors import Cancelled
-from transplant.metrics import agreement, task_metric
-from transplant.run import TransplantResult, _objective, check_inputs
+from transplant.run import TransplantResult, _objective, check_inputs, end_metrics
 from transplant.search.budget import SPACE_KEYS, AutoBudget
 from transplant.search.lift import lift
 from transplant.search.select import pick_finalists, run_rounds, schedule
@@ -142,23 +141,10 @@ def run_auto_transplant(
             if grown is not None:
                 (h, config), grown = kept, None
         h.eval()
-        on = val_data if val_data is not None else train_data
-        with torch.no_grad():
-            y_s = batched_apply(lambda z: g_student(h(z)), on[0])
-        metrics: dict = {
-            "method": method,
-            "teacher_agreement": agreement(y_s, on[1]) if y_s.dim() >= 2 else None,
-            "metrics_on": "val" if val_data is not None else "train",
-            "val_loss": final_score,
-            "n_train": prep.n_train,
-            "n_val": prep.n_val,
-            "steps": done + fine.steps_done,
-            "epochs_run": len(sup.history) + sum(len(f.get("history", ())) for f in finalists)
-            + len(fine.history),
-            "device": str(device),
-        }
-        if y is not None:
-            metrics.update(task_metric(y_s, on[2]))
+        metrics = end_metrics(h, g_student, method, train_data, val_data, y is not None)
+        epochs = len(sup.history) + sum(len(f.get("history", ())) for f in finalists) + len(fine.history)
+        metrics.update(val_loss=final_score, n_train=prep.n_train, n_val=prep.n_val,
+                       steps=done + fine.steps_done, epochs_run=epochs, device=str(device))
     metrics["search"] = {
         "candidates": [{"spec": adapter_spec(space.config(c)), "score": s} for c, s in ranked],
         "chosen": adapter_spec(config),
