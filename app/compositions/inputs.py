@@ -150,7 +150,8 @@ def check(x: np.ndarray, input_shape: tuple, max_batch: int) -> np.ndarray:
     if x.shape[0] > max_batch:
         raise TooLarge(f"{x.shape[0]} inputs in one request exceed the limit of {max_batch}; "
                        f"split them into requests of at most {max_batch}.")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, refused just below
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():
         bad = int((~np.isfinite(x)).sum())
         raise Unprocessable(f"inputs hold {bad} NaN or infinite value(s) (or numbers too large for "
