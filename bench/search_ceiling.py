@@ -229,28 +229,44 @@ def reported_section(runs: list[dict], name: str = "search.json", md: str = "sea
             _row(f"auto, as reported in {md}", auto), ""]
 
 
+DEV_DEFAULT = "SW s0.2 k4 t0.3"
+DEV_RERUNS = {"R6 ": "R6 default", "R8 ": "R8 default"}
+"""Rounds whose variants ran next to a re-run of the default budget (bench.search_dev): name prefix →
+that re-run, the reference of the round's paired column (the same session's machine)."""
+
+
 def dev_auto_section(fixed: dict, auto: dict, seeds: range) -> list[str]:
     """Real auto runs (bench.search_dev: `fixed`, `auto` as stored) on dev worlds, against one reference."""
     worlds = [str(s) for s in seeds if str(s) in fixed and str(s) in auto]
     best = _best_mean([fixed[w] for w in worlds])
     names = sorted({n for w in worlds for n in auto[w] if all(n in auto[v] for v in worlds)})
-    default = "SW s0.2 k4 t0.3"
+    default = DEV_DEFAULT
     lines = [f"## auto itself on dev worlds {worlds[0]}-{worlds[-1]} (bench.search_dev, one run's budget)",
              f"Reference: **{best}**. `{default}` is the default (since 2026-12-03; before, `SHS s0.2 k8 "
              "t0.5`); `SW …` are the sandwich rule's settings (bench.search_dev's fourth round), `SWL …` "
              "the sandwich super-net for most of the budget (fifth round), `R6 …` a warmup and a kept "
              "optimiser (sixth round), `R7 …` fewer steps in all (seventh round; both on the machine kind "
-             f"of the stored default runs: `R6 default` is bit-identical to `{default}`; their CPU ratios "
-             "use fixed runs timed in another session).", "",
+             f"of the stored default runs: `R6 default` is bit-identical to `{default}`), `R8 …` the kept "
+             "child grown before the fine-tune (eighth round, on another kind of machine: below). `R6 …` and "
+             "`R8 …` are paired with their round's re-run of the default. The CPU ratios of rounds six to "
+             "eight use fixed runs timed in another session.", "",
              "| variant | test acc − reference, mean ± SE (points) | worst world | − the default, paired "
              f"| CPU ÷ median fixed run | CPU ÷ {best} run |", "|---|---|---|---|---|---|"]
     for n in names:
-        paired = st.mean(auto[w][n]["acc"] - auto[w][default]["acc"] for w in worlds)
+        ref = next((r for prefix, r in DEV_RERUNS.items() if n.startswith(prefix)), default)
+        paired = st.mean(auto[w][n]["acc"] - auto[w][ref]["acc"] for w in worlds)
         row = _row(n, [auto[w][n]["acc"] - fixed[w][best]["acc"] for w in worlds])
         to_median = st.mean(auto[w][n]["cpu"] / st.median(f["cpu"] for f in fixed[w].values())
                             for w in worlds)
         to_best = st.mean(auto[w][n]["cpu"] / fixed[w][best]["cpu"] for w in worlds)
         lines.append(f"{row} {paired:+.2f} | {to_median:.2f}× | {to_best:.2f}× |")
+    lines.append("")
+    for rerun in (r for r in DEV_RERUNS.values() if r in names):
+        diffs = [auto[w][rerun]["acc"] - auto[w][default]["acc"] for w in worlds]
+        same = sum(d == 0 for d in diffs)
+        lines.append(f"`{rerun}` (the default's budget, run again in a later session): {same} of "
+                     f"{len(worlds)} worlds bit-identical to `{default}`; paired {st.mean(diffs):+.2f} "
+                     f"(SE {st.stdev(diffs) / len(diffs) ** 0.5:.2f}).")
     return lines + [""]
 
 

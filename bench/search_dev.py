@@ -102,7 +102,7 @@ it keeps a smaller child. The default runs again as "R8 default" (this session's
 before the run: a variant becomes the default only if its paired mean − R8 default is ≥ +0.30 points
 (the higher one if both are); then bench.search runs a third time on worlds 0-29, declared in its
 protocol before it starts, and both earlier runs stay reported. Result: grow max +0.24 (SE 0.28; better
-on 14 worlds, worse on 5, always ending at d3 w64 k3 [skip]) at 3.00x the (stored) median fixed run's
+on 14 worlds, worse on 5 by hand, always ending at d3 w64 k3 [skip]) at 3.00x the (stored) median fixed run's
 CPU against the default's 2.50x; grow width +0.10 (SE 0.18) at 2.70x; neither adopted. "R8 default"
 matched the stored "R6 default" on only 2 of 30 worlds (paired -0.39, SE 0.35): run 1's kind of
 machine, not the sixth round's (search.md), and the default moves by 0.4 points between them."""

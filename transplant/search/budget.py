@@ -74,8 +74,9 @@ class AutoBudget:
     "max" (the largest child that holds it) or "off". The race picks the start; growth gives the
     fine-tune the capacity the best fixed candidates have. If the fine-tune does not lower the held-out
     loss, the kept adapter stays as it was, ungrown. On 30 dev worlds "max" was 0.24 points above "off"
-    (SE 0.28) at 1.2 times its CPU, "width" 0.10 (SE 0.18); under the adoption rule declared before the
-    run (+0.30) neither became the default (bench/search_dev.py, "R8")."""
+    (SE 0.28) at 3.00 against 2.50 times the median fixed run's CPU, "width" 0.10 (SE 0.18); under the
+    adoption rule declared before the run (+0.30) neither became the default (bench/search_dev.py,
+    "R8"; bench/results/search-ceiling.md)."""
     out_shape: tuple | None = None
     """The task module's input shape when it differs from the features' (default: the same)."""
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from transplant.adapters import config_from_spec
+from transplant.adapters import AdapterConfig, config_from_spec
 from transplant.blackbox import batched_apply
 from transplant.distill.losses import back_distillation_loss
 from transplant.distill.trainer import TrainConfig, Trainer, set_warmup_lr
@@ -143,7 +143,7 @@ def lift_warm_starts(warm: list[dict], ranked: list[tuple[Candidate, float]], sp
             w["config"], w["lifted_into"] = space.config(target), child_name(target)
 
 
-def grow_target(config, space: SearchSpace, how: str) -> Candidate | None:
+def grow_target(config: AdapterConfig, space: SearchSpace, how: str) -> Candidate | None:
     """The child that budget.grow lifts the kept adapter (of `config`) into, or None if none holds it.
 
     "width": the widest child of the same depth, kernel and skip; "max": the largest child (deepest,
@@ -153,8 +153,7 @@ def grow_target(config, space: SearchSpace, how: str) -> Candidate | None:
         return None
     holders = [c for c in space.candidates() if can_lift(config, space.config(c))]
     if how == "width":
-        same = (config.layers, config.kernel_size)
-        holders = [c for c in holders if (c.layers, c.kernel_size) == same and c.hidden > config.hidden]
+        holders = [c for c in holders if (c.layers, c.kernel_size) == (config.layers, config.kernel_size)]
     return max(holders, key=lambda c: (c.layers, c.hidden, c.kernel_size), default=None)
 
 
