@@ -101,28 +101,33 @@ def _cost(runs: list[dict], best: str) -> tuple[list[str], dict]:
         tot = sum(r["cpu_s"] for r in run["fixed"])
         med_wall = st.median(r["wall_s"] for r in run["fixed"])
         a, p = run["auto"], run["auto_second"]
-        pick = next(r["cpu_s"] for r in run["fixed"] if r["label"] == a["label"])
+        pick = next((r["cpu_s"] for r in run["fixed"] if r["label"] == a["label"]), None)  # quick: maybe none
         ratios.append(a["cpu_s"] / med)
         to_best.append(a["cpu_s"] / ref)
-        to_pick.append(a["cpu_s"] / pick)
+        if pick is not None:
+            to_pick.append(a["cpu_s"] / pick)
         shares.append(a["cpu_s"] / tot)
         ref_to_med.append(ref / med)
         second.append(p["cpu_s"] / med)
         to_second.append(a["cpu_s"] / p["cpu_s"])
+        own = f"{a['cpu_s'] / pick:.2f}×" if pick else "—"
         lines.append(
             f"| {run['seed']} | {a['cpu_s']:.2f} | {med:.2f} | **{a['cpu_s'] / med:.2f}×** | {ref:.2f} | "
-            f"**{a['cpu_s'] / ref:.2f}×** | {a['cpu_s'] / pick:.2f}× | {a['cpu_s'] / tot:.3f}× | "
+            f"**{a['cpu_s'] / ref:.2f}×** | {own} | {a['cpu_s'] / tot:.3f}× | "
             f"{p['cpu_s'] / med:.2f}× | {a['wall_s'] / med_wall:.2f}× |"
         )
+    if len(to_pick) == len(runs):
+        own = (f"{_ms(to_pick, 2)}× (≤ 2× in every world: **{'met' if max(to_pick) <= 2 else 'MISSED'}**, "
+               f"max {max(to_pick):.2f}×).")
+    else:
+        own = f"not taken: {len(runs) - len(to_pick)} of {len(runs)} picks have no fixed run."
     lines += ["", f"- auto ÷ one median fixed run: {_ms(ratios, 2)}× (goal ≤ 2× in every world: "
               f"**{'met' if max(ratios) <= 2 else 'MISSED'}**, max {max(ratios):.2f}×, over 2× in "
               f"{sum(r > 2 for r in ratios)} of {len(ratios)}).",
               f"- auto ÷ the run of the best-mean fixed candidate ({best}): {_ms(to_best, 2)}× (≤ 2× in "
               f"every world: **{'met' if max(to_best) <= 2 else 'MISSED'}**, max {max(to_best):.2f}×). "
               f"That run alone costs {_ms(ref_to_med, 2)}× the median fixed run.",
-              f"- auto ÷ the fixed run of the architecture auto kept (training its answer directly): "
-              f"{_ms(to_pick, 2)}× (≤ 2× in every world: **{'met' if max(to_pick) <= 2 else 'MISSED'}**, "
-              f"max {max(to_pick):.2f}×).",
+              f"- auto ÷ the fixed run of the architecture auto kept (training its answer directly): {own}",
               f"- auto ÷ training all 26: {_ms(shares, 3)}×.",
               f"- second auto budget ÷ one median fixed run: {_ms(second, 2)}×; auto ÷ second: "
               f"{_ms(to_second, 2)}×."]

@@ -8,7 +8,7 @@ import torch
 
 from bench import search, search_ceiling, search_lift, search_warm
 from bench.commentary import write_keeping_commentary
-from bench.search_report import _blocks, report
+from bench.search_report import _blocks, _cost, report
 from transplant.world import SIZES
 
 
@@ -106,3 +106,38 @@ def test_machines_section_compares_the_same_fixed_runs():
     text = "\n".join(search_ceiling.machines_section(runs))
     assert "| search-pooled.json → search-run1.json | 0-9 | 20 of 20 | 0.00 |" in text
     assert "| search-run1.json → search.json | 10-19 | 2 of 4 | 0.50 |" in text
+
+
+def _fixed(label_acc_cpu: dict) -> list[dict]:
+    return [{"label": lab, "acc": acc, "cpu_s": cpu, "wall_s": cpu}
+            for lab, (acc, cpu) in label_acc_cpu.items()]
+
+
+def test_cost_divides_auto_by_the_fixed_run_of_its_own_pick():
+    fixed = _fixed({"d1 k1": (70.0, 1.0), "d1 k3": (75.0, 2.0), "d3 w64 k3": (80.0, 4.0)})
+    picks = [("d1 k1", 1.5), ("d3 w64 k3", 9.0)]
+    runs = [{"seed": s, "fixed": fixed, "auto": {"label": pick, "cpu_s": cpu, "wall_s": cpu},
+             "auto_second": {"cpu_s": 1.0}} for s, (pick, cpu) in enumerate(picks)]
+    lines, c = _cost(runs, "d3 w64 k3")
+    assert c["cpu_ratio_to_pick"] == [1.5, 2.25] and c["cpu_ratio"] == [0.75, 4.5]
+    assert "(training its answer directly): 1.88 ± 0.53× (≤ 2× in every world: **MISSED**, max 2.25×)" in (
+        "\n".join(lines))
+    runs[1]["auto"]["label"] = "d2 w16 k1"  # a quick run: auto kept a child no fixed run trained
+    lines, c = _cost(runs, "d3 w64 k3")
+    assert "not taken: 1 of 2 picks have no fixed run" in "\n".join(lines) and "| — |" in lines[5]
+
+
+def test_estimate_counts_a_world_run_twice_once_as_the_mean_of_its_runs():
+    def run(seed, auto, ref):
+        return {"seed": seed, "auto": {"acc": auto}, "fixed": [{"label": "big", "acc": ref},
+                                                              {"label": "small", "acc": ref - 5}]}
+
+    stored = {"search-run1.json": [run(0, 80.0, 80.0)], "search.json": [run(0, 78.0, 81.0)]}
+    text = "\n".join(search_ceiling.estimate_section(stored))
+    assert "worlds 0-0 (1 worlds)" in text and "**not taken (no run 3)**" in text
+    assert "| auto | -1.50 " in text
+    stored[search_ceiling.RUN3] = [run(30, 70.0, 70.5)]
+    text = "\n".join(search_ceiling.estimate_section(stored))
+    assert "Reference: **big**" in text and "| auto | -1.00 ± 0.50 | -1.5 |" in text and "**met**" in text
+    stored[search_ceiling.RUN3] = [run(30, 70.0, 70.6)]
+    assert "**MISSED**" in "\n".join(search_ceiling.estimate_section(stored))
