@@ -2,7 +2,7 @@
 
     python -m bench.search_ceiling        # reads the stored runs, writes bench/results/search-ceiling.md
 
-No training here: it reads what bench.search (the reported worlds 0-9) and bench.search_curves (dev
+No training here: it reads what bench.search (the reported worlds) and bench.search_curves (dev
 worlds; every child trained alone from its inherited weights for the steps the budget leaves after
 the super-net) stored, and asks what selection rules would have scored against the goal's
 reference, the fixed candidate with the best mean test accuracy (trained 200 steps from scratch):
@@ -14,6 +14,9 @@ reference, the fixed candidate with the best mean test accuracy (trained 200 ste
 - every child trained t steps of its own, then the lowest held-out loss kept (26 t steps).
 
 A search within one run's budget cannot do better than these rules that see every child.
+
+It opens with the quality verdict run 3's protocol declared (`estimate_section`): auto against the
+best-mean fixed candidate over every reported world once, a world run twice counted as its mean.
 
 `budget_section` reads the same curves step by step: what the reference architecture itself reaches
 from its inherited weights with the steps the super-net leaves, what the child of lowest held-out
