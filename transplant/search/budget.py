@@ -32,9 +32,10 @@ class AutoBudget:
     """Super-net children per step: "sandwich" (the largest child plus a uniform one, losses summed,
     one optimiser step; Yu et al., BigNAS), "depth" (depth first, then the rest; favours the
     single-layer children) or "uniform" (one child, uniform over the children). With 4 finalists and
-    trial_fraction 0.3, "sandwich" was 1.1 points ahead of "depth" (8, 0.5) on 30 dev worlds and 2.0
-    and 0.7 on the 30 reported worlds (two runs, two machines), at about 1.7 times its CPU: it picks
-    deeper children, whose steps cost more, and each super-net step runs two; bench/results/search.md."""
+    trial_fraction 0.3, "sandwich" was 1.1 points ahead of "depth" (8, 0.5) on 30 dev worlds, 2.0
+    and 0.7 on reported worlds 0-29 (two runs, two machines) and 1.3 on worlds 30-59, at about 1.5-1.8
+    times its CPU: it picks deeper children, whose steps cost more, and each super-net step runs two;
+    bench/results/search.md, search-run3.md."""
     finalists: int = 4
     """Starting points (best children by inherited loss, warm starts ranked alike) that each get a
     short trial fine-tune before one is kept by held-out loss; 1 = fine-tune the best one only.
