@@ -110,10 +110,10 @@ def _cost(runs: list[dict], best: str) -> tuple[list[str], dict]:
         ref_to_med.append(ref / med)
         second.append(p["cpu_s"] / med)
         to_second.append(a["cpu_s"] / p["cpu_s"])
-        own = f"{a['cpu_s'] / pick:.2f}×" if pick else "—"
+        to_own = f"{a['cpu_s'] / pick:.2f}×" if pick is not None else "—"
         lines.append(
             f"| {run['seed']} | {a['cpu_s']:.2f} | {med:.2f} | **{a['cpu_s'] / med:.2f}×** | {ref:.2f} | "
-            f"**{a['cpu_s'] / ref:.2f}×** | {own} | {a['cpu_s'] / tot:.3f}× | "
+            f"**{a['cpu_s'] / ref:.2f}×** | {to_own} | {a['cpu_s'] / tot:.3f}× | "
             f"{p['cpu_s'] / med:.2f}× | {a['wall_s'] / med_wall:.2f}× |"
         )
     if len(to_pick) == len(runs):
