@@ -249,7 +249,7 @@ def estimate_section(stored: dict[str, list[dict]]) -> list[str]:
     """The quality verdict run 3's protocol declared: every reported world once, a world run twice
     (worlds 0-29, runs 1 and 2) counted as the mean of its runs, against the best-mean fixed candidate."""
     by_seed: dict[int, list[dict]] = {}
-    for name in ("search-run1.json", "search.json", RUN3):
+    for name, _ in REPORTED:
         for r in stored.get(name, []):
             by_seed.setdefault(r["seed"], []).append(r)
     worlds = [_world_means(by_seed[s]) for s in sorted(by_seed)]

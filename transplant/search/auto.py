@@ -124,7 +124,7 @@ def run_auto_transplant(
 
         # Stage 3b: fine-tune the kept adapter from where it is (inherited or registered weights).
         obj = _objective(method, h, g_student, g_teacher, cfg, gen)
-        start_state = copy.deepcopy(h.state_dict())
+        start_state = copy.deepcopy(h.state_dict()) if grown is None else None  # grown: `kept` is the start
         fine_cb = Staged(callbacks, "finetune", done, total)
         if plan.keep_optimizer and "stepper" in winner and grown is None:
             # continue the race's Adam state, no new warmup
@@ -136,9 +136,10 @@ def run_auto_transplant(
         final_score = held_out_score(h, g_student, g_teacher, held_out, cfg)
         # Fine-tuning made the held-out loss worse (or, grown, no better): keep the start, ungrown.
         if final_score > start_score or (grown is not None and final_score == start_score):
-            h.load_state_dict(start_state)
             final_score = start_score
-            if grown is not None:
+            if grown is None:
+                h.load_state_dict(start_state)
+            else:
                 (h, config), grown = kept, None
         h.eval()
         metrics = end_metrics(h, g_student, method, train_data, val_data, y is not None)
