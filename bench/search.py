@@ -141,7 +141,8 @@ def bench_world(seed: int, steps: int, n_test: int = N_TEST) -> Bench:
     d = world.data[cat]
     x = torch.cat([d.train.x, d.unlabelled.x])  # used unlabelled: no method sees these labels
     cfg = TrainConfig(
-        batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=steps
+        batch_size=32, lr=3e-3, val_fraction=0.2, patience=10**6, seed=seed, epochs=10**6, max_steps=steps,
+        output_loss="mse",  # the protocol of the stored runs (the default became "auto")
     )
     return Bench(world, cat, f, g_t, world.generic["cls"], x, fresh_test(world, cat, n_test), cfg)
 

@@ -24,7 +24,7 @@ from transplant.blackbox import frozen
 from transplant.distill.trainer import TrainConfig, Trainer
 from transplant.run import _objective, _split, run_transplant
 from transplant.search import held_out_score, run_auto_transplant
-from transplant.world import TASKS, _batches, _loss, train_teacher
+from transplant.world import OLD_ADAPTER, TASKS, _batches, _loss, train_teacher
 
 FINETUNE_STEPS = 40
 CURVE_STEPS = 300
@@ -105,7 +105,7 @@ def run_scenario(world, cat, seed, mode, x, test, cfg, h_old, space_budget, scor
     fs = world.feature_shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        cold_h = build_adapter(fit_adapter_config(fs, fs))
+        cold_h = build_adapter(fit_adapter_config(fs, fs, **OLD_ADAPTER))
     warm_h = copy.deepcopy(h_old).train()
     cold = curve(cold_h, f2, g_t2, g_s, x, cfg, CURVE_STEPS, EVERY)
     warm = curve(warm_h, f2, g_t2, g_s, x, cfg, CURVE_STEPS, EVERY)
@@ -147,13 +147,14 @@ def predecessor(world, cat: str, x, cfg: TrainConfig) -> nn.Module:
     f, g_t = world.teachers[cat]["cls"]
     fs = world.feature_shape
     return run_transplant(f, g_t, world.generic["cls"], x, method="back_distillation",
-                          adapter=fit_adapter_config(fs, fs), train=cfg).adapter
+                          adapter=fit_adapter_config(fs, fs, **OLD_ADAPTER),
+                          train=cfg).adapter
 
 
 def registry(world, h_old: nn.Module) -> list[tuple[str, nn.Module, dict]]:
     """The warm starts auto is offered: h_old and the old categories' adapters into the same task."""
     fs = world.feature_shape
-    spec = adapter_spec(fit_adapter_config(fs, fs))
+    spec = adapter_spec(fit_adapter_config(fs, fs, **OLD_ADAPTER))
     return [("f@1-adapter", h_old, spec)] + [
         (f"{c}/cls", world.old_adapters[c]["cls"], spec) for c in world.old_categories
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,9 +17,18 @@ from transplant.adapters import (
     build_adapter,
     config_from_spec,
     fit_adapter_config,
+    init_adapter,
 )
 from transplant.blackbox import batched_apply, frozen
-from transplant.distill.losses import back_distillation_loss, distillation_loss, supervised_loss
+from transplant.distill.losses import (
+    TeacherProbes,
+    back_distillation_loss,
+    curvature_matters,
+    distillation_loss,
+    output_loss_for,
+    supervised_loss,
+    teacher_probes,
+)
 from transplant.distill.trainer import TrainConfig, Trainer
 from transplant.errors import UnknownMethod
 from transplant.metrics import agreement, task_metric
@@ -64,8 +74,13 @@ def _split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.
     return perm[n_val:], perm[:n_val]
 
 
-def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainConfig, gen: torch.Generator):
-    """The method's loss on a batch (features, teacher outputs[, labels])."""
+def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainConfig, gen: torch.Generator,
+               student_curvature: bool = False):
+    """The method's loss on a batch (features, teacher outputs, labels[, probes, teacher VJPs]).
+
+    Back-distillation uses the batch's stored probes and teacher VJPs when it carries them (see
+    `run_transplant`), else draws fresh probes and runs the teacher.
+    """
     if method == "supervised":
 
         def obj(batch: Sequence[torch.Tensor]) -> dict:
@@ -76,12 +91,14 @@ def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainCo
 
         def obj(batch: Sequence[torch.Tensor]) -> dict:
             feats, y_t = batch[0], batch[1]
-            loss = distillation_loss(g_s(h(feats)), y_t, cfg.output_loss)
+            loss = distillation_loss(g_s(h(feats)), y_t, cfg.output_loss, cfg.temperature)
             return {"loss": loss, "loss_out": loss}
     elif method == "back_distillation":
 
         def obj(batch: Sequence[torch.Tensor]) -> dict:
-            t = back_distillation_loss(batch[0], h, g_s, g_t, generator=gen, **cfg.loss_options())
+            teacher = TeacherProbes(batch[1], batch[3], batch[4]) if len(batch) >= 5 else None
+            t = back_distillation_loss(batch[0], h, g_s, g_t, generator=gen, teacher=teacher,
+                                       student_curvature=student_curvature, **cfg.loss_options())
             return {"loss": t.loss, "loss_out": t.loss_out, "loss_jac": t.loss_jac}
     else:
         raise UnknownMethod(f"unknown method {method!r}; use one of {METHODS}")
@@ -115,6 +132,11 @@ def end_metrics(h: nn.Module, g_student: Module, method: str, train_data: list, 
     return metrics
 
 
+def resolve_output_loss(cfg: TrainConfig, y_t: torch.Tensor) -> TrainConfig:
+    """cfg with output_loss "auto" made concrete for these teacher outputs (recorded in the metrics)."""
+    return dataclasses.replace(cfg, output_loss=output_loss_for(cfg.output_loss, y_t))
+
+
 def run_transplant(
     f: Module,
     g_teacher: Module,
@@ -127,31 +149,60 @@ def run_transplant(
     train: TrainConfig | None = None,
     callbacks: Sequence[Any] = (),
     should_stop: Callable[[], bool] | None = None,
+    reference: Module | None = None,
 ) -> TransplantResult:
-    """Learn h so that g_student(h(f(x))) does what g_teacher(f(x)) does; f and both g stay untouched."""
+    """Learn h so that g_student(h(f(x))) does what g_teacher(f(x)) does; f and both g stay untouched.
+
+    reference: the generic network's own category module for these inputs, when there is one (its
+    features are what g_student natively takes); the adapter then starts as the least-squares stitch
+    from f's features to the reference's (`init_adapter`).
+    """
     check_inputs(method, x, y)
     cfg = train or TrainConfig()
     device = cfg.resolved_device()
     t0 = time.perf_counter()
-    with frozen(f, g_teacher, g_student, device=device):
+    modules = (f, g_teacher, g_student) + ((reference,) if reference is not None else ())
+    with frozen(*modules, device=device):
         feats = batched_apply(f, x.float(), device=device)  # (N, *feature_shape), fixed
-        y_t = batched_apply(g_teacher, feats)  # (N, *out_shape) teacher outputs
         config = _resolve_adapter(adapter, tuple(feats.shape[1:]))
+        tr_idx, va_idx = _split(x.shape[0], cfg.val_fraction, cfg.seed)
+        tr_idx, va_idx = tr_idx.to(device), va_idx.to(device)
+        target = None
+        if reference is not None:
+            target = batched_apply(reference, x.float(), device=device)  # (N, *g_student input shape)
+            if tuple(target.shape[1:]) != tuple(config.out_shape):
+                raise ValueError(f"the reference category module gives {list(target.shape[1:])}, not the "
+                                 f"task module's input {list(config.out_shape)}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)  # the adapter's init is part of the seeded run
             h = build_adapter(config).to(device)
+        init = init_adapter(h, config, feats[tr_idx], target[tr_idx] if target is not None else None)
         gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        obj = _objective(method, h, g_student, g_teacher, cfg, gen)
-        tr_idx, va_idx = _split(x.shape[0], cfg.val_fraction, cfg.seed)
         labels = y.to(device) if y is not None else torch.zeros(x.shape[0], device=device)
-        data = [feats, y_t, labels]
-        train_data = [t[tr_idx.to(device)] for t in data]
-        val_data = [t[va_idx.to(device)] for t in data] if len(va_idx) else None
+        extra: dict = {"init": init}
+        if method == "back_distillation":
+            # The teacher's side is fixed: its outputs and a pool of probes with their VJPs, once.
+            pool = teacher_probes(g_teacher, feats, cfg.probe_pool, probe_dist=cfg.probe_dist, generator=gen)
+            cfg = resolve_output_loss(cfg, pool.y)
+            sample = feats[tr_idx[:8]]
+            curvature = curvature_matters(sample, h, g_student, g_teacher, **cfg.loss_options())
+            extra["jacobian"] = "through g_S (smooth)" if curvature else "first-order (g_S piecewise linear)"
+            data = [feats, pool.y, labels, pool.v, pool.jt_v]
+            val_cols = [feats, pool.y, labels, pool.v[:, :1], pool.jt_v[:, :1]]  # one fixed probe each
+        else:
+            y_t = batched_apply(g_teacher, feats)  # (N, *out_shape) teacher outputs
+            cfg = resolve_output_loss(cfg, y_t)
+            curvature = False
+            data = val_cols = [feats, y_t, labels]
+        obj = _objective(method, h, g_student, g_teacher, cfg, gen, curvature)
+        train_data = [t[tr_idx] for t in data]
+        val_data = [t[va_idx] for t in val_cols] if len(va_idx) else None
         trainer = Trainer(h, obj, cfg, callbacks=callbacks, should_stop=should_stop)
         history = trainer.fit(train_data, val_data)
         metrics = end_metrics(h, g_student, method, train_data, val_data, y is not None)
         metrics.update(val_loss=trainer.best_val, n_train=int(len(tr_idx)), n_val=int(len(va_idx)),
-                       steps=trainer.steps_done, epochs_run=len(history), device=str(device))
+                       steps=trainer.steps_done, epochs_run=len(history), device=str(device),
+                       output_loss=cfg.output_loss, **extra)
     h = h.cpu().eval()
     metrics["wall_s"] = time.perf_counter() - t0
     return TransplantResult(

@@ -25,6 +25,9 @@ from transplant.world_data import (
 )
 
 TASKS = ("cls", "seg")
+# The old categories' adapters the generic network is trained through: part of the world's definition,
+# so they stay 1×1 stacks with an identity skip whatever fit_adapter_config's defaults become.
+OLD_ADAPTER = {"kernel_size": 1, "shortcut": "identity", "normalise": False}
 FEAT_C = 16
 # Per size: categories, samples per category, teacher / generic training steps.
 SIZES = {
@@ -174,7 +177,7 @@ def train_generic(
     cats = list(feats)
     fs = tuple(feats[cats[0]].shape[1:])
     generic = {t: task_module(t, n_classes, up, teacher=False) for t in TASKS}
-    adapters = {c: {t: build_adapter(fit_adapter_config(fs, fs)) for t in TASKS} for c in cats}
+    adapters = {c: {t: build_adapter(fit_adapter_config(fs, fs, **OLD_ADAPTER)) for t in TASKS} for c in cats}
     params = [p for g in generic.values() for p in g.parameters()]
     params += [p for per in adapters.values() for h in per.values() for p in h.parameters()]
     opt = torch.optim.Adam(params, lr=3e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -15,14 +16,28 @@ from torch import nn
 from transplant.errors import Cancelled, TrainingDiverged
 
 
+MIN_STEPS = 300
+"""The smallest budget the defaults give: one pass over 16 inputs is one step, and 10 steps learn nothing."""
+MAX_AUTO_STEPS = 3000
+"""The largest budget the defaults give (a long job should be asked for)."""
+AUTO_PASSES = 40
+"""Passes over the training split the default budget aims at, between MIN_STEPS and MAX_AUTO_STEPS."""
+ROUNDS = 20
+"""Held-out evaluations per budget when the budget is given in steps (or by default)."""
+
+
 @dataclass
 class TrainConfig:
     """How an adapter is trained, independent of the method."""
 
-    epochs: int = 20
-    """Maximum number of epochs."""
+    steps: int | None = None
+    """Optimiser steps in all. None: `epochs` passes when set, else AUTO_PASSES passes over the training
+    split, at least MIN_STEPS and at most MAX_AUTO_STEPS (see `budget`)."""
+    epochs: int | None = None
+    """The budget as passes over the training split (`steps` wins when both are set)."""
     steps_per_epoch: int | None = None
-    """Optimiser steps per epoch (the data cycles); None = one pass over the training split."""
+    """Steps per round: history, held-out evaluation and early stopping happen once a round. None: one pass
+    when the budget is given in epochs, else a ROUNDS-th of the budget."""
     max_steps: int | None = None
     """Hard cap on the total number of optimiser steps (None = no cap)."""
     batch_size: int = 64
@@ -37,16 +52,25 @@ class TrainConfig:
     """"cpu", "cuda" or "auto" (cuda when available); "cuda" falls back to CPU when there is none."""
     val_fraction: float = 0.2
     """Fraction of the (unlabelled) inputs held out for early stopping and end metrics; 0 = none."""
-    patience: int = 5
-    """Epochs without val improvement before stopping (needs val_fraction > 0)."""
+    patience: int | None = None
+    """Optimiser steps without a better held-out loss before training stops (checked once a round);
+    None: half the budget (needs val_fraction > 0)."""
     lambda_jac: float = 1.0
     """Weight λ of the Jacobian-matching term (back_distillation)."""
     probes: int = 1
     """Random vector–Jacobian probes K per sample and step (back_distillation)."""
+    probe_pool: int = 4
+    """Probes per training sample that run_transplant draws once, with the teacher's vector–Jacobian
+    products (g_T and the features are fixed, so the teacher is never run while training); each step
+    uses `probes` of them per sample, and the held-out loss one fixed probe per sample."""
     normalise: str = "probe"
     """Scale of the Jacobian term: "probe" (÷‖J_Tᵀv‖² per probe), "batch" or "none"."""
-    output_loss: str = "mse"
-    """Output-matching loss of distillation / back_distillation: "mse" on outputs/logits or "kl"."""
+    output_loss: str = "auto"
+    """Output-matching loss of distillation / back_distillation: "mse" on outputs/logits, "kl" on
+    temperature-scaled softmax over dim 1, or "auto" (run_transplant: "kl" for class logits (N, K),
+    "mse" for anything else)."""
+    temperature: float = 2.0
+    """Softmax temperature of the "kl" output loss."""
     probe_dist: str = "rademacher"
     """Distribution of the probes v: "rademacher" or "gaussian" (both have E[v vᵀ] = I)."""
     grad_clip: float | None = 10.0
@@ -55,7 +79,8 @@ class TrainConfig:
     def loss_options(self) -> dict:
         """The keyword arguments of back_distillation_loss that this config sets."""
         return {"lambda_jac": self.lambda_jac, "probes": self.probes, "normalise": self.normalise,
-                "output_loss": self.output_loss, "probe_dist": self.probe_dist}
+                "output_loss": self.output_loss, "temperature": self.temperature,
+                "probe_dist": self.probe_dist}
 
     def resolved_device(self) -> torch.device:
         """The device training will actually use."""
@@ -63,6 +88,22 @@ class TrainConfig:
         if want_cuda and torch.cuda.is_available():
             return torch.device(self.device if self.device.startswith("cuda") else "cuda")
         return torch.device("cpu")
+
+    def budget(self, n_train: int) -> tuple[int, int, int | None]:
+        """(total steps, steps per round, patience in steps) for `n_train` training samples."""
+        per_pass = math.ceil(n_train / min(self.batch_size, n_train))
+        if self.steps is not None:
+            total, rounds = self.steps, None
+        elif self.epochs is not None:
+            total, rounds = self.epochs * per_pass, per_pass
+        else:
+            total, rounds = min(max(AUTO_PASSES * per_pass, MIN_STEPS), MAX_AUTO_STEPS), None
+        if self.max_steps is not None:
+            total = min(total, self.max_steps)
+        total = max(1, total)
+        round_len = self.steps_per_epoch or rounds or max(1, math.ceil(total / ROUNDS))
+        patience = self.patience if self.patience is not None else max(round_len, total // 2)
+        return total, round_len, patience
 
 
 def set_warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int) -> None:
@@ -154,33 +195,37 @@ class Trainer:
         return {k: v / n for k, v in sums.items()}
 
     def fit(self, train: Sequence[torch.Tensor], val: Sequence[torch.Tensor] | None = None) -> list[dict]:
-        """Train; returns the per-epoch history and leaves the best (val) weights in the module."""
+        """Train for the budget; returns the per-round history and leaves the best (val) weights in the module.
+
+        Early stopping: the held-out loss is evaluated once a round, on the same samples and probes each
+        time, and training stops when it has not improved for `patience` steps.
+        """
         cfg = self.config
         n = train[0].shape[0]
         if n == 0:
             raise ValueError("no training samples")
+        total, round_len, patience = cfg.budget(n)
+        rounds = math.ceil(total / round_len)
         gen = torch.Generator().manual_seed(cfg.seed)
         params = [p for p in self.module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         if self.optimizer_state is not None:
             opt.load_state_dict(self.optimizer_state)
-        steps_per_epoch = cfg.steps_per_epoch or math.ceil(n / min(cfg.batch_size, n))
-        best_state, bad_epochs = None, 0
-        for epoch in range(1, cfg.epochs + 1):
+        batches = iter(self._batches(n, gen, total))
+        best_state, best_step = None, 0
+        for epoch in range(1, rounds + 1):
             self.module.train()
             t0, seen, sums = time.perf_counter(), 0, {"loss": 0.0, "loss_out": 0.0, "loss_jac": 0.0}
             n_steps = 0
-            for idx in self._batches(n, gen, steps_per_epoch):
-                if cfg.max_steps is not None and self.steps_done >= cfg.max_steps:
-                    break
+            for idx in itertools.islice(batches, min(round_len, total - self.steps_done)):
                 if self.should_stop is not None and self.should_stop():
-                    raise Cancelled(f"cancelled at epoch {epoch}, step {self.steps_done}")
+                    raise Cancelled(f"cancelled at round {epoch}, step {self.steps_done}")
                 batch = [t[idx] for t in train]
                 out = self.objective(batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise TrainingDiverged(
-                        f"loss became {float(loss.detach())} at epoch {epoch}, step {self.steps_done + 1}; "
+                        f"loss became {float(loss.detach())} at step {self.steps_done + 1}; "
                         "lower the learning rate or lambda_jac"
                     )
                 opt.zero_grad(set_to_none=True)
@@ -196,8 +241,9 @@ class Trainer:
                     sums[k] += _num(out.get(k, 0.0))
                 info = {
                     "epoch": epoch,
-                    "epochs": cfg.epochs,
+                    "epochs": rounds,
                     "step": self.steps_done,
+                    "steps": total,
                     "loss": _num(loss),
                     "loss_out": _num(out.get("loss_out", loss)),
                     "loss_jac": _num(out.get("loss_jac", 0.0)),
@@ -208,8 +254,9 @@ class Trainer:
                 break
             record = {
                 "epoch": epoch,
-                "epochs": cfg.epochs,
+                "epochs": rounds,
                 "step": self.steps_done,
+                "steps": total,
                 **{k: v / n_steps for k, v in sums.items()},
                 "samples_per_s": seen / max(time.perf_counter() - t0, 1e-9),
             }
@@ -217,12 +264,12 @@ class Trainer:
                 v = self.evaluate(val)
                 record["val_loss"] = v["loss"]
                 if self.best_val is None or v["loss"] < self.best_val:
-                    self.best_val, best_state, bad_epochs = v["loss"], self._snapshot(), 0
-                else:
-                    bad_epochs += 1
+                    self.best_val, best_state, best_step = v["loss"], self._snapshot(), self.steps_done
             self.history.append(record)
             _call(self.callbacks, "on_epoch_end", record)
-            if val is not None and bad_epochs >= cfg.patience:
+            if val is not None and patience is not None and self.steps_done - best_step >= patience:
+                break
+            if self.steps_done >= total:
                 break
         if best_state is not None:
             self.module.load_state_dict(best_state)

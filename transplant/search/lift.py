@@ -25,7 +25,7 @@ from torch import nn
 
 from transplant.adapters import AdapterConfig, build_adapter
 
-SAME = ("arch", "in_shape", "out_shape", "resize", "activation")
+SAME = ("arch", "in_shape", "out_shape", "resize", "activation", "shortcut", "normalise")
 
 
 def can_lift(src: AdapterConfig, dst: AdapterConfig) -> bool:

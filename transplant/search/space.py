@@ -153,4 +153,6 @@ class SearchSpace:
             kernel_size=c.kernel_size,
             skip=c.skip,
             activation=self.activation,
+            shortcut="identity",  # the super-net's children: the stack and its identity skip alone
+            normalise=False,
         )

@@ -170,8 +170,7 @@ def _per_epoch(cfg: TrainConfig, n_train: int) -> int:
 
 def steps_for(cfg: TrainConfig, n_train: int) -> int:
     """The steps a plain run_transplant with `cfg` would run at most."""
-    steps = cfg.epochs * _per_epoch(cfg, n_train)
-    return min(steps, cfg.max_steps) if cfg.max_steps is not None else steps
+    return cfg.budget(n_train)[0]
 
 
 def train_for(
@@ -188,7 +187,7 @@ def train_for(
     """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it);
     trainer_options: Trainer's warmup_steps and optimizer_state."""
     per_epoch = _per_epoch(cfg, data[0].shape[0])
-    stage_cfg = dataclasses.replace(cfg, max_steps=steps, epochs=max(1, math.ceil(steps / per_epoch)))
+    stage_cfg = dataclasses.replace(cfg, steps=None, max_steps=steps, epochs=max(1, math.ceil(steps / per_epoch)))
     trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop, **trainer_options)
     trainer.fit(data, val)
     return trainer
