@@ -68,8 +68,8 @@ class LiteUpper(nn.Module):
     def __init__(self, net: nn.Module, k: int) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(net._blocks[k + 1:])
-        self.head = nn.Sequential(net._conv_head, net._bn1, net._swish, nn.AdaptiveAvgPool2d(1), nn.Flatten(1),
-                                  net._fc)
+        self.head = nn.Sequential(net._conv_head, net._bn1, net._swish, nn.AdaptiveAvgPool2d(1),
+                                  nn.Flatten(1), net._fc)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.blocks:
@@ -102,7 +102,8 @@ def normalise_pixels(images: torch.Tensor) -> torch.Tensor:
     return (images - PIXEL_MEAN) / PIXEL_STD
 
 
-def random_crops(photos: list[np.ndarray], n: int, size: int, seed: int, augment: bool = True) -> torch.Tensor:
+def random_crops(photos: list[np.ndarray], n: int, size: int, seed: int,
+                 augment: bool = True) -> torch.Tensor:
     """n random resized crops (N, 3, size, size), normalised, photographs taken in turn.
 
     A crop covers 15-100 % of the photograph's area with an aspect ratio in [3/4, 4/3]; with `augment`
@@ -178,6 +179,7 @@ def build_real_world(n_train: int = 256, n_test: int = 256, size: int = 128, cut
         train=random_crops(train_photos, n_train, size, seed),
         heldout_crops=random_crops(train_photos, n_test, size, seed + 10_000),
         heldout_images=random_crops([photos[k] for k in HELDOUT_PHOTOS], n_test, size, seed + 20_000),
-        info={"teacher": "efficientnet-lite1", "student": "efficientnet-lite0", "cut": {"lite0": k0, "lite1": k1},
+        info={"teacher": "efficientnet-lite1", "student": "efficientnet-lite0",
+              "cut": {"lite0": k0, "lite1": k1},
               "train_photos": list(TRAIN_PHOTOS), "heldout_photos": list(HELDOUT_PHOTOS)},
     )

@@ -117,7 +117,8 @@ def test_gradient_equals_full_double_backward_for_piecewise_linear_student(outpu
         for p in h.parameters():
             p.add_(0.3 * torch.randn_like(p))
     x = torch.randn(3, 4, 6, 6)
-    t = back_distillation_loss(x, h, g_s, g_t, output_loss=output_loss, generator=torch.Generator().manual_seed(5))
+    gen = torch.Generator().manual_seed(5)
+    t = back_distillation_loss(x, h, g_s, g_t, output_loss=output_loss, generator=gen)
     v = torch.randint(0, 2, (3, 5), generator=torch.Generator().manual_seed(5)).float() * 2 - 1
     exact = _full_double_backward(x, h, g_s, g_t, v, output_loss)
     assert torch.allclose(t.loss, exact, rtol=1e-5, atol=1e-6)

@@ -151,7 +151,8 @@ def back_distillation_loss(
     if teacher is None:
         teacher = _fresh_teacher(g_teacher, x, probes, probe_dist, generator)
     else:  # `probes` of each sample's stored probes
-        pick = torch.randint(0, teacher.v.shape[1], (x.shape[0], probes), generator=generator, device=x.device)
+        pick = torch.randint(0, teacher.v.shape[1], (x.shape[0], probes), generator=generator,
+                             device=x.device)
         teacher = TeacherProbes(teacher.y, _take(teacher.v, pick), _take(teacher.jt_v, pick))
     y_t = teacher.y.detach()
     x_s = x.detach().requires_grad_(True)  # (B, ...) features, a leaf for the adapter's VJP

@@ -15,7 +15,6 @@ from torch import nn
 
 from transplant.errors import Cancelled, TrainingDiverged
 
-
 MIN_STEPS = 300
 """The smallest budget the defaults give: one pass over 16 inputs is one step, and 10 steps learn nothing."""
 MAX_AUTO_STEPS = 3000
@@ -195,7 +194,7 @@ class Trainer:
         return {k: v / n for k, v in sums.items()}
 
     def fit(self, train: Sequence[torch.Tensor], val: Sequence[torch.Tensor] | None = None) -> list[dict]:
-        """Train for the budget; returns the per-round history and leaves the best (val) weights in the module.
+        """Train for the budget; returns the per-round history and leaves the best (val) weights in h.
 
         Early stopping: the held-out loss is evaluated once a round, on the same samples and probes each
         time, and training stops when it has not improved for `patience` steps.

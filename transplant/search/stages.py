@@ -187,7 +187,8 @@ def train_for(
     """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it);
     trainer_options: Trainer's warmup_steps and optimizer_state."""
     per_epoch = _per_epoch(cfg, data[0].shape[0])
-    stage_cfg = dataclasses.replace(cfg, steps=None, max_steps=steps, epochs=max(1, math.ceil(steps / per_epoch)))
+    stage_cfg = dataclasses.replace(cfg, steps=None, max_steps=steps,
+                                    epochs=max(1, math.ceil(steps / per_epoch)))
     trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop, **trainer_options)
     trainer.fit(data, val)
     return trainer
