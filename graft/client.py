@@ -243,9 +243,13 @@ class Client:
     # -- jobs, compositions, inference ------------------------------------------------------------
     def transplant(self, *, category_module: Ref, teacher_task_module: Ref, student_task_module: Ref,
                    dataset: str, method: str = "back_distillation", adapter: dict | str | None = None,
-                   epochs: int | None = None, seed: int | None = None,
+                   steps: int | None = None, epochs: int | None = None, seed: int | None = None,
+                   reference_category_module: Ref | None = None,
                    result_module: str | None = None, train: dict | None = None) -> Job:
-        """Request a transplant; the returned `Job` can `wait()` for it (`train`: TrainConfig knobs)."""
+        """Request a transplant; the returned `Job` can `wait()` for it (`train`: TrainConfig knobs).
+
+        steps / epochs: the budget (default: the server's, sized to the data); reference_category_module:
+        the student task module's own category module for the same inputs, if there is one."""
         body: dict[str, Any] = {
             "category_module": ref_str(category_module),
             "teacher_task_module": ref_str(teacher_task_module),
@@ -253,8 +257,9 @@ class Client:
             "dataset": dataset,
             "method": method,
         }
-        extra = {"adapter": adapter, "epochs": epochs, "seed": seed, "result_module": result_module,
-                 "train": train}
+        extra = {"adapter": adapter, "steps": steps, "epochs": epochs, "seed": seed,
+                 "reference_category_module": ref_str(reference_category_module) if reference_category_module
+                 else None, "result_module": result_module, "train": train}
         body.update({k: v for k, v in extra.items() if v is not None})
         data = self._http.json("POST", "/v1/transplants", json=body)
         return Job(self, {"id": data["job_id"], **data})

@@ -21,14 +21,23 @@ class TrainOptions(BaseModel):
     batch_size: int | None = Field(None, ge=1, le=65536)
     lr: float | None = Field(None, gt=0, le=10)
     weight_decay: float | None = Field(None, ge=0)
-    steps_per_epoch: int | None = Field(None, ge=1)
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Steps per round (history, held-out evaluation, early stopping)."
+    )
     max_steps: int | None = Field(None, ge=1)
     val_fraction: float | None = Field(None, ge=0, lt=1)
-    patience: int | None = Field(None, ge=1)
+    patience: int | None = Field(
+        None, ge=1, description="Optimiser steps without a better held-out loss before stopping "
+        "(default: half the budget)."
+    )
     lambda_jac: float | None = Field(None, ge=0)
     probes: int | None = Field(None, ge=1, le=64)
+    probe_pool: int | None = Field(None, ge=1, le=64, description="Probes drawn per sample once (default 4).")
     normalise: Literal["probe", "batch", "none"] | None = None
-    output_loss: Literal["mse", "kl"] | None = None
+    output_loss: Literal["auto", "mse", "kl"] | None = Field(
+        None, description='"auto" (default): temperature-scaled KL for class logits, MSE otherwise.'
+    )
+    temperature: float | None = Field(None, gt=0, le=100, description='Softmax temperature of "kl" (2).')
     probe_dist: Literal["rademacher", "gaussian"] | None = None
     grad_clip: float | None = Field(None, gt=0)
 
@@ -125,8 +134,20 @@ class TransplantCreate(BaseModel):
         '{"auto": {"budget": {…AutoBudgetOptions}}} (architecture and weight search, warm-started from '
         "registered adapters into the same task); or null (a small adapter fitted to the shapes).",
     )
-    epochs: int = Field(20, ge=1, le=10_000)
+    steps: int | None = Field(
+        None, ge=1, le=1_000_000, description="Optimiser steps in all. Default: 40 passes over the "
+        "inputs, at least 300 and at most 3000 steps (the engine's TrainConfig.budget).",
+    )
+    epochs: int | None = Field(
+        None, ge=1, le=10_000, description="The budget as passes over the inputs instead (`steps` wins)."
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
+    reference_category_module: Ref | None = Field(
+        None, examples=["imagenet-f@1"],
+        description="The student task module's own category module for the same inputs, when there is one "
+        "(e.g. the lower half of the generic network): the adapter starts as the least-squares map from "
+        "the category module's features to this module's.",
+    )
     result_module: str | None = Field(
         None, min_length=1, max_length=128,
         description='Adapter module to register into (default "<category>-to-<task>-adapter").',

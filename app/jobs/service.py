@@ -32,7 +32,8 @@ from transplant.search.auto import SPACE_KEYS
 TRANSPLANT_TASK = "graft.transplant"
 AMALGAMATE_TASK = "graft.amalgamate"
 MAX_PAGE = 200
-_ADAPTER_KEYS = {"arch", "layers", "hidden", "kernel_size", "skip", "activation", "resize", "extra"}
+_ADAPTER_KEYS = {"arch", "layers", "hidden", "kernel_size", "skip", "activation", "resize", "shortcut",
+                 "normalise", "extra"}
 
 
 def _shape(shape: list | None) -> list:
@@ -198,6 +199,17 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
         adapter = check_auto(adapter, f_out, s_in)
     else:
         check_adapter(adapter, f_out, s_in)
+    reference = None
+    if body.reference_category_module is not None:
+        reference = _resolve(session, "reference_category_module", body.reference_category_module, "category")
+        if _shape(reference.input_shape)[1:] != _shape(f.input_shape)[1:] or (
+                _fixed_tail(reference, "output_shape", _shape(reference.output_shape)) != s_in):
+            raise Unprocessable(
+                f"The reference category module {reference.module.name}@{reference.version} must take "
+                f"the category module's inputs {_shape(f.input_shape)[1:]} and give the student task "
+                f"module's input {list(s_in)}; it gives {_shape(reference.output_shape)[1:]} from "
+                f"{_shape(reference.input_shape)[1:]}."
+            )
     category = f.module.category or f.module.name
     task = g_s.module.task or g_s.module.name
     result_module = body.result_module or _derived_name(category, task)
@@ -208,9 +220,11 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
         "category_module": version_ref(f),
         "teacher_task_module": version_ref(g_t),
         "student_task_module": version_ref(g_s),
+        "reference_category_module": version_ref(reference) if reference is not None else None,
         "dataset": dataset.id,
         "method": body.method,
         "adapter": adapter,
+        "steps": body.steps,
         "epochs": body.epochs,
         "seed": body.seed,
         "result_module": result_module,

@@ -179,7 +179,11 @@ def transplant(
     dataset: str = typer.Option(..., help="Dataset id (inputs of the category)."),
     method: str = typer.Option("back_distillation", help="back_distillation | distillation | supervised"),
     adapter: str = typer.Option(None, help='"auto" or JSON, e.g. \'{"arch": "conv", "layers": 2}\'.'),
-    epochs: int = typer.Option(None, min=1), seed: int = typer.Option(None),
+    steps: int = typer.Option(None, min=1, help="Optimiser steps (default: sized to the dataset)."),
+    epochs: int = typer.Option(None, min=1, help="The budget as passes over the dataset instead."),
+    seed: int = typer.Option(None),
+    reference_category_module: str = typer.Option(
+        None, help="g_S's own category module for the same inputs (starts the adapter as a stitch)."),
     result_module: str = typer.Option(None, help="Adapter module to register the result into."),
     wait: bool = typer.Option(False, "--wait", help="Follow the job with a progress bar until it ends."),
 ) -> None:
@@ -188,7 +192,8 @@ def transplant(
     with opts(ctx).client() as c:
         job = c.transplant(category_module=category_module, teacher_task_module=teacher_task_module,
                            student_task_module=student_task_module, dataset=dataset, method=method,
-                           adapter=adapter_value, epochs=epochs, seed=seed, result_module=result_module)
+                           adapter=adapter_value, steps=steps, epochs=epochs, seed=seed,
+                           reference_category_module=reference_category_module, result_module=result_module)
         if wait:
             job.wait(progress=not opts(ctx).json, label=f"{method} {job.id[:8]}")
     show(ctx, job.data, lambda j: f"job {j['id']} {j.get('status')}"

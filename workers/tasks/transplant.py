@@ -165,10 +165,11 @@ class _Phases:
 
 def _train_config(req: dict) -> TrainConfig:
     knobs = req.get("train") or {}
-    return TrainConfig(epochs=int(req["epochs"]), seed=int(req["seed"]), device="auto", **knobs)
+    return TrainConfig(steps=req.get("steps"), epochs=req.get("epochs"), seed=int(req["seed"]), device="auto",
+                       **knobs)
 
 
-def _run_engine(run: JobRun, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v):  # noqa: ANN001, ANN202
+def _run_engine(run: JobRun, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v, reference):  # noqa: ANN001, ANN202
     """The search (`"adapter": "auto"`) or a fixed-adapter transplant on the loaded modules."""
     req = run.request
     if auto is not None:
@@ -181,17 +182,19 @@ def _run_engine(run: JobRun, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g
         )
     config = _adapter_config(run, f_v.output_shape, g_s_v.input_shape)
     return run_transplant(
-        f, g_t, g_s, x, y,
-        method=req["method"], adapter=config, train=train, callbacks=[run], should_stop=run.should_stop,
+        f, g_t, g_s, x, y, method=req["method"], adapter=config, train=train, callbacks=[run],
+        should_stop=run.should_stop, reference=reference,
     )
 
 
 def _work(run: JobRun) -> Register:
     """Everything but the final transaction: fetch, load, train; returns the registration step."""
     ctx, req = run.ctx, run.request
-    run.report(stage="loading", epoch=0, epochs=req["epochs"], attempt=run.attempts)
+    run.report(stage="loading", epoch=0, attempt=run.attempts)
     with ctx.sessionmaker() as session:
         versions = {field: resolve_version(session, req[field]) for field, _ in ROLES}
+        if req.get("reference_category_module"):
+            versions["reference_category_module"] = resolve_version(session, req["reference_category_module"])
         dataset = get_dataset(session, req["dataset"])
     f_v, g_s_v = versions["category_module"], versions["student_task_module"]
     auto = _auto_options(req)
@@ -212,10 +215,13 @@ def _work(run: JobRun) -> Register:
         # f, g_T and g_S come from this worker's cache when an earlier job loaded them (their bytes
         # never change); they go back to it only when the engine returns normally.
         f, g_t, g_s = (borrowed.enter_context(borrow_module(ctx, versions[field])) for field, _ in ROLES)
+        reference = None
+        if "reference_category_module" in versions:
+            reference = borrowed.enter_context(borrow_module(ctx, versions["reference_category_module"]))
         with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
             warm_starts, warm_refs = _warm_starts(ctx, warm_versions, Path(tmp))
         run.report(stage="training", device=str(train.resolved_device()))
-        result = _run_engine(run, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v)
+        result = _run_engine(run, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v, reference)
     weights, spec = save_adapter(result.adapter, result.config)
     warm_name = (result.metrics.get("search") or {}).get("warm_start")
     metrics = {**result.metrics, "dataset": dataset.id, "job_id": run.job_id}
@@ -224,6 +230,8 @@ def _work(run: JobRun) -> Register:
     def register(session: Session) -> dict:
         module = _adapter_module(session, req)
         parents = [{**version_ref(versions[field]), "role": role} for field, role in ROLES]
+        if "reference_category_module" in versions:
+            parents.append({**version_ref(versions["reference_category_module"]), "role": "reference"})
         if warm_name in warm_refs:
             parents.append({**warm_refs[warm_name], "role": "warm_start"})
         with tempfile.TemporaryDirectory(prefix="graft-adapter-") as tmp:
