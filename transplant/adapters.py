@@ -311,8 +311,10 @@ def init_adapter(module: nn.Module, config: AdapterConfig, feats: torch.Tensor,
     norm, linear = _parts(module)
     spatial = config.arch == "conv"
     done: dict = {"normalise": False, "least_squares": None}
-    x = feats.float()
+    x = feats.float() if spatial else feats.float().flatten(1)
     y = target.float() if target is not None else None
+    if y is not None and not spatial:
+        y = y.flatten(1)
     if config.arch == "conv" and config.resize != "none":
         size = tuple(config.out_shape[1:])
         x_at_out = (torch.nn.functional.adaptive_avg_pool2d(x, size) if config.resize == "pool"
