@@ -47,7 +47,8 @@ def _nets(seed: int = 0):
     f = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.GELU())
     g_t = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.BatchNorm2d(8), nn.GELU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, 5))
-    g_s = nn.Sequential(nn.Conv2d(6, 12, 1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1, groups=12), nn.ReLU6(),
+    g_s = nn.Sequential(nn.Conv2d(6, 12, 1), nn.ReLU(), nn.Conv2d(12, 12, 3, padding=1, groups=12),
+                        nn.ReLU6(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 5))
     for m in (f, g_t, g_s):
         m.eval().requires_grad_(False)
@@ -173,4 +174,4 @@ def test_composition_and_export():
     data = export_composed(composed, x[:2], "torch_export")
     program = torch.export.load(io.BytesIO(data)).module().to(DEVICE)
     torch.testing.assert_close(program(x.to(DEVICE)).cpu(), want, **FWD)
-    assert save_module(h, torch.randn(2, 6, 8, 8), "torch_export")  # the adapter exports as uploaded pieces do
+    assert save_module(h, torch.randn(2, 6, 8, 8), "torch_export")  # exports as uploaded pieces do
