@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench-science bench-registry gpu-check gpu-check-dry gpu-wheels clean
+.PHONY: install demo test lint bench-science bench-registry bench-real gpu-check gpu-check-dry gpu-wheels clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,9 @@ $(STAMP): pyproject.toml $(VENV)/bin/python
 install: $(STAMP)
 
 # `make demo SIZE=tiny` is CI's reduced run (under ~2 minutes); the default is the full story.
+# `make demo WORLD=real`: the same story on ImageNet-pretrained EfficientNet-Lite0/1 and real photographs.
 demo: install
-	$(VENV)/bin/graft demo $(if $(SIZE),--size $(SIZE))
+	$(VENV)/bin/graft demo $(if $(SIZE),--size $(SIZE)) $(if $(WORLD),--world $(WORLD))
 
 test: install
 	$(PY) -m pytest -q
@@ -38,6 +39,9 @@ bench-science: install
 
 bench-registry: install
 	$(PY) -m bench.registry
+
+bench-real: install
+	$(PY) -m bench.real
 
 # The GPU check runs on the lent GPU machine as it is: its own python3 with torch and CUDA, no venv, no
 # services; the pure-Python packages it lacks travel as wheels in .whl/ (`make gpu-wheels` here).

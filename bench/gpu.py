@@ -38,8 +38,15 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = {
     # toy batch, real batch and side, requests per serving run, reps per cost row
-    "tiny": {"toy_batch": 16, "real_batch": 4, "real_side": 64, "seconds": 2.0, "reps": 2, "clients": 4},
-    "full": {"toy_batch": 256, "real_batch": 64, "real_side": 224, "seconds": 10.0, "reps": 20, "clients": 32},
+    "tiny": {"toy_batch": 16, "real_batch": 4, "real_side": 64, "seconds": 1.0, "reps": 2, "clients": 4},
+    "full": {
+        "toy_batch": 256,
+        "real_batch": 64,
+        "real_side": 224,
+        "seconds": 10.0,
+        "reps": 20,
+        "clients": 32,
+    },
 }
 
 
@@ -51,15 +58,30 @@ def _sync(device: torch.device) -> None:
 def section_parity(device: torch.device) -> str:
     """pytest -m gpu tests/gpu with GRAFT_TEST_DEVICE set; its summary and failures."""
     env = {**os.environ, "GRAFT_TEST_DEVICE": device.type, "PYTHONPATH": _pythonpath()}
-    cmd = [sys.executable, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "--confcutdir=tests/gpu",
-           "-p", "no:cacheprovider", "-o", "addopts=", "--tb=short"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-m",
+        "gpu",
+        "tests/gpu",
+        "--confcutdir=tests/gpu",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "addopts=",
+        "--tb=short",
+    ]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     tail = "\n".join(lines[-40:])
     verdict = "passed" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-    return (f"`{' '.join(cmd[2:])}` with GRAFT_TEST_DEVICE={device.type}: **{verdict}** in "
-            f"{time.perf_counter() - t0:.0f} s.\n\n```\n{tail}\n```\n")
+    return (
+        f"`{' '.join(cmd[2:])}` with GRAFT_TEST_DEVICE={device.type}: **{verdict}** in "
+        f"{time.perf_counter() - t0:.0f} s.\n\n```\n{tail}\n```\n"
+    )
 
 
 def _pythonpath() -> str:
@@ -88,16 +110,20 @@ def section_service(device: torch.device) -> str:
     try:
         with Client(server.url, token) as c:
             for job in c.jobs(limit=100):
-                metrics = ((job.get("result") or {}).get("metrics") or {})
-                devices.append(f"{job['id'][:8]} {job['request'].get('method')}: {job['status']} on "
-                               f"{metrics.get('device', '?')}, {metrics.get('steps', '?')} steps, "
-                               f"{metrics.get('wall_s', 0):.1f} s")
+                metrics = (job.get("result") or {}).get("metrics") or {}
+                devices.append(
+                    f"{job['id'][:8]} {job['request'].get('method')}: {job['status']} on "
+                    f"{metrics.get('device', '?')}, {metrics.get('steps', '?')} steps, "
+                    f"{metrics.get('wall_s', 0):.1f} s"
+                )
     finally:
         server.stop()
     text = "\n".join(line.rstrip() for line in out.getvalue().splitlines())
-    return (f"`graft demo --size tiny` exited {code} in {wall:.0f} s (torch sees "
-            f"{'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}).\n\n"
-            f"Jobs (device each trained on):\n\n```\n" + "\n".join(devices) + f"\n```\n\n```\n{text}\n```\n")
+    return (
+        f"`graft demo --size tiny` exited {code} in {wall:.0f} s (torch sees "
+        f"{'cuda: ' + torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'}).\n\n"
+        f"Jobs (device each trained on):\n\n```\n" + "\n".join(devices) + f"\n```\n\n```\n{text}\n```\n"
+    )
 
 
 def section_cost(device: torch.device, size: dict) -> str:
@@ -105,20 +131,40 @@ def section_cost(device: torch.device, size: dict) -> str:
     from bench.science_cost import step_cost, world_step_cost
     from transplant.world import build_world
 
-    rows = [world_step_cost(build_world(0, "small", "shapes"), reps=size["reps"], batch_size=size["toy_batch"],
-                            device=str(device))]
+    rows = [
+        world_step_cost(
+            build_world(0, "small", "shapes"),
+            reps=size["reps"],
+            batch_size=size["toy_batch"],
+            device=str(device),
+        )
+    ]
     real = _real_pair(size["real_side"])
     if real is not None:
         f, g_t, g_s, note = real
         x = torch.randn(size["real_batch"], 3, size["real_side"], size["real_side"])
-        rows.append(step_cost(f, g_t, g_s, x, reps=size["reps"], device=str(device),
-                              cell=f"EfficientNet-Lite1 → Lite0 at {size['real_side']}² ({note})"))
-    head = ("| cell | batch | dist ms | bd ms | bd ÷ dist | through g_S ÷ dist | dist steps/s | bd steps/s "
-            "| memory bd ÷ dist |\n|---|---|---|---|---|---|---|---|---|\n")
+        rows.append(
+            step_cost(
+                f,
+                g_t,
+                g_s,
+                x,
+                reps=size["reps"],
+                device=str(device),
+                cell=f"EfficientNet-Lite1 → Lite0 at {size['real_side']}² ({note})",
+            )
+        )
+    head = (
+        "| cell | batch | dist ms | bd ms | bd ÷ dist | through g_S ÷ dist | dist steps/s | bd steps/s "
+        "| memory bd ÷ dist |\n|---|---|---|---|---|---|---|---|---|\n"
+    )
     body = "".join(
-        f"| {r['cell']} | {r['batch_size']} | {r['dist_step_ms']} | {r['bd_step_ms']} | {r['time_ratio']:.2f} | "
+        f"| {r['cell']} | {r['batch_size']} | {r['dist_step_ms']} | {r['bd_step_ms']} | "
+        f"{r['time_ratio']:.2f} | "
         f"{r['time_ratio_through_g_s']:.2f} | {r['dist_steps_per_s']:.1f} | {r['bd_steps_per_s']:.1f} | "
-        f"{r['memory_ratio']:.2f} |\n" for r in rows)
+        f"{r['memory_ratio']:.2f} |\n"
+        for r in rows
+    )
     return head + body + f"\nMemory: {rows[0]['memory_measure']}.\n"
 
 
@@ -168,28 +214,49 @@ def section_serving(device: torch.device, size: dict) -> str:
     x32 = world.data[cat].test.x[:32].to(device)
     bare1 = _inputs_per_s(net, x1, device, size["seconds"] / 2)
     bare32 = _inputs_per_s(net, x32, device, size["seconds"] / 2)
-    lines = [f"Bare forward of the toy composition on {device}: {bare1:.0f} inputs/s at batch 1, {bare32:.0f} "
-             f"at batch 32: batching gain **{bare32 / bare1:.2f}×**.", ""]
+    lines = [
+        f"Bare forward of the toy composition on {device}: {bare1:.0f} inputs/s at batch 1, {bare32:.0f} "
+        f"at batch 32: batching gain **{bare32 / bare1:.2f}×**.",
+        "",
+    ]
     rates = {}
     for label, max_batch in (("batched", 64), ("unbatched", 1)):
-        env = {"GRAFT_PREDICT_MAX_BATCH": str(max_batch), "GRAFT_SERVING_DEVICE": device.type,
-               "PYTHONPATH": _pythonpath()}
+        env = {
+            "GRAFT_PREDICT_MAX_BATCH": str(max_batch),
+            "GRAFT_SERVING_DEVICE": device.type,
+            "PYTHONPATH": _pythonpath(),
+        }
         data_dir = Path(tempfile.mkdtemp(prefix="graft-gpu-serve-"))
         server = LocalServer(data_dir, env=env).start()
         try:
             with Client(server.url, server.token) as c:
-                pushed = c.push_teacher(torch.nn.Sequential(f, g), "0", world.data[cat].test.x[:2],
-                                        category=cat, task="cls", name_prefix=cat)
-                comp = c.compose(category_module=_ref(pushed["category_module"]),
-                                 task_module=_ref(pushed["teacher_task_module"]))
-                rates[label], served_on = _load(server.url, server.token, comp["id"],
-                                                world.data[cat].test.x[:1].numpy(), size)
+                pushed = c.push_teacher(
+                    torch.nn.Sequential(f, g),
+                    "0",
+                    world.data[cat].test.x[:2],
+                    category=cat,
+                    task="cls",
+                    name_prefix=cat,
+                )
+                comp = c.compose(
+                    category_module=_ref(pushed["category_module"]),
+                    task_module=_ref(pushed["teacher_task_module"]),
+                )
+                rates[label], served_on = _load(
+                    server.url, server.token, comp["id"], world.data[cat].test.x[:1].numpy(), size
+                )
         finally:
             server.stop()
-        lines.append(f"- server, {label} (GRAFT_PREDICT_MAX_BATCH={max_batch}), {size['clients']} clients: "
-                     f"{rates[label]:.0f} requests/s; forwards on {served_on}")
-    lines += ["", f"Batched ÷ unbatched server throughput: **{rates['batched'] / rates['unbatched']:.2f}×** "
-              "(goal ≥ 5× on a GPU).", ""]
+        lines.append(
+            f"- server, {label} (GRAFT_PREDICT_MAX_BATCH={max_batch}), {size['clients']} clients: "
+            f"{rates[label]:.0f} requests/s; forwards on {served_on}"
+        )
+    lines += [
+        "",
+        f"Batched ÷ unbatched server throughput: **{rates['batched'] / rates['unbatched']:.2f}×** "
+        "(goal ≥ 5× on a GPU).",
+        "",
+    ]
     lines.append(_real_latency(device, size))
     return "\n".join(lines) + "\n"
 
@@ -205,7 +272,11 @@ def _load(url: str, token: str, comp_id: str, x: np.ndarray, size: dict) -> tupl
     buf = io.BytesIO()
     np.save(buf, x.astype(np.float32))
     body = buf.getvalue()
-    headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/x-npy", "Accept": "application/x-npy"}
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/x-npy",
+        "Accept": "application/x-npy",
+    }
     done, stop = [0] * size["clients"], threading.Event()
 
     def client(i: int) -> None:
@@ -268,14 +339,25 @@ def _real_latency(device: torch.device, size: dict) -> str:
     server = LocalServer(Path(tempfile.mkdtemp(prefix="graft-gpu-real-")), env=env).start()
     try:
         with Client(server.url, server.token) as c:
-            pushed = c.push_teacher(torch.nn.Sequential(f0, g0), "0", torch.randn(2, 3, side, side),
-                                    category="imagenet", task="cls", name_prefix="lite0")
-            comp = c.compose(category_module=_ref(pushed["category_module"]),
-                             task_module=_ref(pushed["teacher_task_module"]))
+            pushed = c.push_teacher(
+                torch.nn.Sequential(f0, g0),
+                "0",
+                torch.randn(2, 3, side, side),
+                category="imagenet",
+                task="cls",
+                name_prefix="lite0",
+            )
+            comp = c.compose(
+                category_module=_ref(pushed["category_module"]),
+                task_module=_ref(pushed["teacher_task_module"]),
+            )
         buf = io.BytesIO()
         np.save(buf, x.numpy())
-        headers = {"Authorization": f"Bearer {server.token}", "Content-Type": "application/x-npy",
-                   "Accept": "application/x-npy"}
+        headers = {
+            "Authorization": f"Bearer {server.token}",
+            "Content-Type": "application/x-npy",
+            "Accept": "application/x-npy",
+        }
         with httpx.Client(base_url=server.url, headers=headers, timeout=60) as http:
             path = f"/v1/compositions/{comp['id']}/predict"
             for _ in range(5):
@@ -288,9 +370,12 @@ def _real_latency(device: torch.device, size: dict) -> str:
     finally:
         server.stop()
     api_ms = statistics.median(lat) * 1e3
-    return (f"Real network (EfficientNet-Lite0, {note}), one {side}×{side} image: bare forward on {device} "
-            f"{bare_ms:.2f} ms, predict over HTTP {api_ms:.2f} ms (median of 30): overhead {api_ms - bare_ms:.2f} ms "
-            f"= {(api_ms - bare_ms) / bare_ms:.0%} of the forward.")
+    return (
+        f"Real network (EfficientNet-Lite0, {note}), one {side}×{side} image: bare forward on {device} "
+        f"{bare_ms:.2f} ms, predict over HTTP {api_ms:.2f} ms (median of 30): "
+        f"overhead {api_ms - bare_ms:.2f} ms "
+        f"= {(api_ms - bare_ms) / bare_ms:.0%} of the forward."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,13 +392,21 @@ def main(argv: list[str] | None = None) -> int:
     size = SIZES[args.size]
     torch.set_num_threads(min(8, os.cpu_count() or 1))
     t_all = time.perf_counter()
-    env = (f"Python {platform.python_version()}, torch {torch.__version__}, "
-           + (f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}" if torch.cuda.is_available()
-              else "no CUDA device") + f", {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads")
-    sections = [("1. Parity with the CPU", "parity", lambda: section_parity(device)),
-                ("2. A transplant job through the service", "service", lambda: section_service(device)),
-                ("3. Cost of a back-distillation step", "cost", lambda: section_cost(device, size)),
-                ("4. Serving", "serving", lambda: section_serving(device, size))]
+    env = (
+        f"Python {platform.python_version()}, torch {torch.__version__}, "
+        + (
+            f"{torch.cuda.get_device_name(0)}, CUDA {torch.version.cuda}"
+            if torch.cuda.is_available()
+            else "no CUDA device"
+        )
+        + f", {os.cpu_count()} CPU cores, {torch.get_num_threads()} torch threads"
+    )
+    sections = [
+        ("1. Parity with the CPU", "parity", lambda: section_parity(device)),
+        ("2. A transplant job through the service", "service", lambda: section_service(device)),
+        ("3. Cost of a back-distillation step", "cost", lambda: section_cost(device, size)),
+        ("4. Serving", "serving", lambda: section_serving(device, size)),
+    ]
     parts, failed = [], []
     for title, key, run in sections:
         if args.only is not None and key not in args.only:
@@ -327,9 +420,11 @@ def main(argv: list[str] | None = None) -> int:
             body = f"**FAILED**\n\n```\n{traceback.format_exc()[-3000:]}\n```\n"
         print(body, flush=True)
         parts.append(f"## {title} ({time.perf_counter() - t0:.0f} s)\n\n{body}")
-    report = (f"# GPU check (`python -m bench.gpu --device {args.device} --size {args.size}`)\n\n"
-              f"{env}. Total {time.perf_counter() - t_all:.0f} s. "
-              f"Sections failed: {', '.join(failed) or 'none'}.\n\n" + "\n".join(parts))
+    report = (
+        f"# GPU check (`python -m bench.gpu --device {args.device} --size {args.size}`)\n\n"
+        f"{env}. Total {time.perf_counter() - t_all:.0f} s. "
+        f"Sections failed: {', '.join(failed) or 'none'}.\n\n" + "\n".join(parts)
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     print(f"wrote {args.out}")

@@ -272,15 +272,23 @@ def demo(
     data_dir: Path = typer.Option(Path(".graft"), help="Where the service keeps its data afterwards."),
     port: int = typer.Option(0, help="Loopback port for the demo server (0 = a free one)."),
     seed: int = typer.Option(0),
+    world: str = typer.Option("toy", help="toy (networks Graft trains in a minute) | real "
+                              "(ImageNet-pretrained EfficientNet-Lite0/1 from packages, real photographs)"),
 ) -> None:
     """Run the whole story on the embedded defaults: teachers, transplants, compositions, grid."""
     from graft.demo import SIZES, run_demo
 
     if size not in SIZES:
         raise usage(f"--size must be one of {', '.join(SIZES)}")
+    if world not in ("toy", "real"):
+        raise usage("--world must be toy or real")
     from rich.console import Console
 
     wide = Console(width=max(out.width, 120), soft_wrap=True)  # the comparison table needs the room
+    if world == "real":
+        from graft import demo_real
+
+        raise typer.Exit(demo_real.main(size=size, data_dir=data_dir, port=port, seed=seed, console=wide))
     code = run_demo(size=size, data_dir=data_dir, port=port, seed=seed, console=wide)
     raise typer.Exit(code)
 
