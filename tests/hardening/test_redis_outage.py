@@ -25,8 +25,8 @@ from app.jobs.schemas import TransplantCreate
 from app.main import create_app
 from app.models import Job
 from tests.conftest import ADMIN_TOKEN
-from tests.jobs.world import make_world
-from tests.services import _free_ports
+from support.world import make_world
+from support.services import _free_ports
 
 
 class OwnRedis:

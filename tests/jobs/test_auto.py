@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.jobs.schemas import AutoBudgetOptions
-from tests.jobs.world import (
+from support.world import (
     X_SHAPE,
     World,
     check_adapter_reproduces_teacher,
