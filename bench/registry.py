@@ -605,7 +605,7 @@ def main() -> None:
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared), {platform.python_version()}",
               "throughput": throughput, "latency": latency, "before": before}
     saved.write_text(json.dumps(result, indent=2))
-    lines = report(result)  # bench/registry_report.py
+    lines = report(result)
     (RESULTS / "registry.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
