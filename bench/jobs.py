@@ -67,7 +67,8 @@ from support.services import (
     stop_seaweedfs,
 )
 from support.workers import Workers
-from support.world import make_world, transplant
+from support.world import make_world
+from support.world import transplant as submit_transplant
 from transplant import TrainConfig, run_transplant
 from transplant.adapters import fit_adapter_config
 from transplant.artifacts import load_module, save_module
@@ -301,7 +302,7 @@ def _run_phase(api, engine, pool, world, mix: str, n_jobs: int, n_workers: int, 
     # The whole batch is queued first and the workers start together: the run measures how fast
     # 1 or 2 workers drain a queue, not how fast this process submits (the API shares the cores).
     ids = [
-        transplant(api, world, result_module=f"{mix}-w{n_workers}-{i}", seed=i, **spec["job"])
+        submit_transplant(api, world, result_module=f"{mix}-w{n_workers}-{i}", seed=i, **spec["job"])
         for i in range(n_jobs)
     ]
     workers = [pool.launch(**env) for _ in range(n_workers)]
@@ -359,8 +360,6 @@ def _run_phase(api, engine, pool, world, mix: str, n_jobs: int, n_workers: int, 
 
 def bench_jobs(n_jobs: int, workdir: Path) -> dict:
     """Both mixes, 1 then 2 workers each; results by mix with the 2-worker / 1-worker ratio."""
-    from fastapi.testclient import TestClient
-
     proc_s3, s3 = start_seaweedfs(workdir / "s3")
     db_name, db_url = create_db()
     broker, rclient = claim_redis_db()

@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from app.config import Settings
+from graft.local_server import LocalServer
+from support.workers import Workers, worker_env
 from support.world import World, make_world, transplant, wait_for
 
 TOKEN = "load-admin-token-0123456789"
@@ -380,9 +382,6 @@ def lost(checks: dict) -> int:
 def run_load(settings: Settings, workdir: Path, *, duration: float, counts: dict[str, int],
              think: dict[str, float], workers: int = 1, drain_s: float = 300.0, seed: int = 0) -> dict:
     """Start an API and `workers` worker processes on `settings`, drive the clients, verify; the record."""
-    from graft.local_server import LocalServer
-    from support.workers import Workers, worker_env
-
     env = {k: v for k, v in worker_env(settings).items() if k.startswith(("GRAFT_", "AWS_", "OMP_"))}
     server = LocalServer(workdir / "api", token=TOKEN, env=env).start()
     pool = Workers(settings, workdir)
