@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench-science bench-registry bench-real gpu-check gpu-check-dry gpu-wheels clean
+.PHONY: install demo test lint bench-science bench-registry bench-real gpu-check gpu-check-dry gpu-wheels clean \
+	bench-amalgamation bench-search bench-serving bench-jobs bench-scale bench-load bench-fuzz
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,7 +32,7 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check app workers transplant graft tests bench
+	$(VENV)/bin/ruff check app workers transplant graft tests bench support
 	$(VENV)/bin/lint-imports
 
 bench-science: install
@@ -68,3 +69,25 @@ gpu-wheels: install
 
 clean:
 	rm -rf $(VENV) .graft .pytest_cache
+
+# The other benchmarks (bench/README.md says what each measures, how long it runs, where it writes).
+bench-amalgamation: install
+	$(PY) -m bench.amalgamation
+
+bench-search: install
+	$(PY) -m bench.search
+
+bench-serving: install
+	$(PY) -m bench.serving
+
+bench-jobs: install
+	$(PY) -m bench.jobs
+
+bench-scale: install
+	$(PY) -m bench.jobs --scale
+
+bench-load: install
+	$(PY) -m bench.load
+
+bench-fuzz: install
+	$(PY) -m bench.fuzz --max-examples 150

@@ -21,7 +21,6 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from bench.commentary import write_keeping_commentary
 from transplant.amalgamate import (
     AmalgamationConfig,
     StudentConfig,
@@ -197,6 +196,12 @@ def summarise(name: str, runs: list[dict]) -> list[str]:
               f"Amalgamation wall time {wall:.1f} s per run.", ""]
     return lines
 
+
+
+def write_keeping_commentary(path: Path, text: str, marker: str, default: str = "") -> None:
+    """Write `text` to `path`, then the old file's hand-written part from `marker` on (or `default`)."""
+    old = path.read_text() if path.exists() else ""
+    path.write_text(text + (marker + old.split(marker, 1)[1] if marker in old else default))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

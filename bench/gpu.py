@@ -128,7 +128,7 @@ def section_service(device: torch.device) -> str:
 
 def section_cost(device: torch.device, size: dict) -> str:
     """Back-distillation ÷ distillation step on the toy world and on the real pair."""
-    from bench.science_cost import step_cost, world_step_cost
+    from bench.science import step_cost, world_step_cost
     from transplant.world import build_world
 
     rows = [

@@ -4,6 +4,13 @@ For each new category × task: the teacher's score; the adapter trained `supervi
 labels; `distillation` and `back_distillation` with no labels (all unlabelled inputs) and with few
 unlabelled inputs (8/32/128). Several seeds, mean ± std. Plus the cost of one back-distillation step
 against one distillation step on the same batch. Writes bench/results/science.md and science.png.
+
+The cost rows (`step_cost`): one back-distillation step vs. one distillation step on the same batch,
+as run_transplant trains them, both from the same fixed features (f is never run while training). The
+distillation step is g_S(h(x)) against stored teacher outputs; the back-distillation step uses stored
+teacher outputs, probes and teacher VJPs, g_S's VJP at the detached adapter output and a double
+backward through h alone. A third row times the estimator it replaced, which differentiates through g_S
+as well (`student_curvature=True`: what a smooth task module still needs).
 """
 
 from __future__ import annotations
@@ -16,10 +23,115 @@ from pathlib import Path
 
 import torch
 
-from bench.science_cost import world_step_cost
 from transplant import TrainConfig, run_transplant
+from transplant.adapters import build_adapter, fit_adapter_config, init_adapter
+from transplant.blackbox import frozen
+from transplant.distill.losses import back_distillation_loss, distillation_loss, teacher_probes
 from transplant.metrics import task_metric
-from transplant.world import build_world
+from transplant.world import SIZES, build_world
+
+SMOKE_SIZE = {"n_old": 1, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2}
+"""The world of `--smoke` (CI's seconds-long pass through the whole benchmark)."""
+
+def _saved_bytes(fn) -> int:
+    """Bytes of tensors autograd saves for backward during fn() (a CPU proxy of activation memory)."""
+    total = 0
+
+    def pack(t: torch.Tensor):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def _peak_cuda_bytes(fn, device: torch.device) -> int:
+    """Peak CUDA memory allocated during fn(), above what was allocated before it."""
+    torch.cuda.synchronize(device)
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def step_cost(f, g_t, g_s, x: torch.Tensor, *, reps: int = 20, device: str = "cpu", cell: str = "",
+              output_loss: str = "auto", probe_pool: int = 4) -> dict:
+    """Median wall time and memory of the steps on batch x (N, ...), interleaved to share noise."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    with frozen(f, g_t, g_s, device=dev), torch.no_grad():
+        feats = f(x.to(dev))  # (B, ...): every step starts from the same fixed features
+    shape = tuple(feats.shape[1:])
+    cfg = fit_adapter_config(shape, shape)  # both worlds cut where f's output is g_S's input
+    h = build_adapter(cfg).to(dev)
+    init_adapter(h, cfg, feats)
+    opt = torch.optim.Adam(h.parameters(), lr=1e-3)
+    with frozen(g_t, g_s, device=dev):
+        teacher = teacher_probes(g_t, feats, probe_pool)
+
+        def dist_step() -> None:
+            loss = distillation_loss(g_s(h(feats)), teacher.y, output_loss, 2.0)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        def bd_step(curvature: bool = False) -> None:
+            t = back_distillation_loss(feats, h, g_s, g_t, output_loss=output_loss, temperature=2.0,
+                                       teacher=teacher, student_curvature=curvature)
+            opt.zero_grad()
+            t.loss.backward()
+            opt.step()
+
+        steps = {"dist": dist_step, "bd": bd_step, "bd_through_g_s": lambda: bd_step(True)}
+        times: dict[str, list[float]] = {k: [] for k in steps}
+        for fn in steps.values():  # warm-up
+            fn()
+        for _ in range(reps):
+            for name, fn in steps.items():
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                t0 = time.perf_counter()
+                fn()
+                if cuda:
+                    torch.cuda.synchronize(dev)
+                times[name].append(time.perf_counter() - t0)
+        if cuda:
+            mem = {k: _peak_cuda_bytes(fn, dev) for k, fn in steps.items()}
+            measure = "peak CUDA memory allocated during the step, above the step's inputs"
+        else:
+            mem = {k: _saved_bytes(fn) for k, fn in steps.items()}
+            measure = "bytes of tensors saved for backward (autograd saved_tensors_hooks), CPU"
+    med = {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+    batch = x.shape[0]
+    return {
+        "cell": cell,
+        "device": str(dev),
+        "batch_size": batch,
+        "dist_step_ms": round(med["dist"] * 1e3, 2),
+        "bd_step_ms": round(med["bd"] * 1e3, 2),
+        "bd_through_g_s_step_ms": round(med["bd_through_g_s"] * 1e3, 2),
+        "dist_steps_per_s": 1 / med["dist"],
+        "bd_steps_per_s": 1 / med["bd"],
+        "time_ratio": med["bd"] / med["dist"],
+        "time_ratio_through_g_s": med["bd_through_g_s"] / med["dist"],
+        "dist_memory_bytes": mem["dist"],
+        "bd_memory_bytes": mem["bd"],
+        "memory_ratio": mem["bd"] / max(mem["dist"], 1),
+        "memory_measure": measure,
+    }
+
+
+def world_step_cost(world, reps: int = 20, batch_size: int = 64, device: str = "cpu") -> dict:
+    """step_cost on the benchmark world's first new category, segmentation task."""
+    cat, task = world.new_categories[0], "seg"
+    f, g_t = world.teachers[cat][task]
+    x = world.data[cat].unlabelled.x[:batch_size]
+    return step_cost(f, g_t, world.generic[task], x, reps=reps, device=device,
+                     cell=f"{world.name}/{cat}/{task}")
+
 
 RESULTS = Path(__file__).parent / "results"
 LABELS = (10, 20, 50, 100)
@@ -236,7 +348,9 @@ def assemble(paths: list[Path], out: Path, quick: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     """Run the study; returns the cells."""
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--quick", action="store_true", help="tiny smoke run (small world, few steps)")
+    p.add_argument("--quick", action="store_true", help="a short run (small world, few steps)")
+    p.add_argument("--smoke", action="store_true",
+                   help="a seconds-long pass for CI: a shrunken shapes world, 2 steps (implies --quick)")
     p.add_argument("--out", type=Path, default=RESULTS, help="where science.md / science.png go")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--worlds", nargs="*", default=None, help="subset of worlds (default: all)")
@@ -248,7 +362,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.assemble:
         return assemble(args.assemble, args.out, args.quick)
     torch.set_num_threads(args.threads)
+    args.quick = args.quick or args.smoke
     s = settings(args.quick)
+    if args.smoke:
+        SIZES["small"] = SMOKE_SIZE
+        s.update(seeds=[0], labels=[10], few=[8], steps=2, steps_per_epoch=2, worlds=["shapes"])
     if args.worlds:
         s["worlds"] = args.worlds
     t0 = time.perf_counter()
@@ -266,7 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
                     flush=True,
                 )
         if not cost:
-            cost = world_step_cost(world, reps=3 if args.quick else 20)
+            cost = world_step_cost(world, reps=1 if args.smoke else 3 if args.quick else 20,
+                                   batch_size=8 if args.smoke else 64)
     wall = time.perf_counter() - t0
     if args.save_cells:
         args.save_cells.write_text(json.dumps({"cells": cells, "settings": s, "cost": cost, "wall_s": wall}))

@@ -18,6 +18,7 @@ from rich.console import Console
 
 from graft._http import GraftError
 from graft.client import Client, Job
+from graft.render import render_grid, table
 
 SIZES = {
     # tasks transplanted, label counts of the supervised baselines, epochs per transplant
@@ -169,8 +170,6 @@ def evaluate(c: Client, world, refs: dict, queued: list, console: Console) -> li
 
 
 def comparison_table(rows: list[Row], new_categories: list[str]):
-    from graft.cli._common import table
-
     def num(v: float | None) -> str:
         return "" if v is None else f"{v:.3f}"
 
@@ -187,7 +186,6 @@ def run_demo(*, size: str = "small", data_dir: Path = Path(".graft"), port: int 
     """Run the story; 0 when every step and job succeeded, 1 otherwise."""
     import torch
 
-    from graft.cli.user import render_grid
     from graft.local_server import LocalServer
 
     # One thread: on a shared 2-core machine more threads fight each other (3x slower measured).

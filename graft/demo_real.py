@@ -17,8 +17,8 @@ import numpy as np
 from rich.console import Console
 
 from graft._http import GraftError
-from graft.cli._common import table
 from graft.client import Client
+from graft.render import table
 
 SIZES = {
     # unlabelled training crops, crop side, optimiser steps per transplant, crops per held-out set

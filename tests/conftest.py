@@ -81,7 +81,7 @@ def backend_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings
     """Settings for each configuration the API tests run on: SQLite+folder, PostgreSQL+SeaweedFS S3."""
     if request.param == "sqlite_local":
         return Settings(data_dir=tmp_path / "graft", bootstrap_token=ADMIN_TOKEN)
-    from tests.services import s3_settings
+    from support.services import s3_settings
 
     return s3_settings(
         request.getfixturevalue("seaweedfs"), request.getfixturevalue("pg_database"), tmp_path / "graft",

@@ -80,27 +80,9 @@ class AutoBudgetOptions(BaseModel):
     stratify: StrictBool | None = Field(
         None, description="Finalists taken round-robin over depths instead of the best overall."
     )
-    extrapolate: StrictBool | None = Field(
-        None, description="With halving: cut by held-out loss extrapolated to the end of the budget."
-    )
-    size_tolerance: float | None = Field(
-        None, ge=0, lt=1, description="With halving: finalists within this fraction of the best held-out "
-        "loss count as tied and the larger goes on first (default 0: the loss alone decides)."
-    )
-    warmup_steps: int | None = Field(
-        None, ge=0, le=100_000, description="The race's and the fine-tune's learning rate rises linearly "
-        "over this many steps (they start from trained weights)."
-    )
-    keep_optimizer: StrictBool | None = Field(
-        None, description="The fine-tune continues the winner's optimiser state from the race."
-    )
     lift_warm_starts: StrictBool | None = Field(
         None, description="Grow each registered adapter offered as a warm start into the best-ranked child "
         "that holds it exactly (the same function at step 0, more capacity) before the race (default true)."
-    )
-    grow: Literal["off", "width", "max"] | None = Field(
-        None, description="Before the fine-tune, lift the kept adapter into the widest child of its depth "
-        "(width) or the largest child (max) that computes the same function (default off)."
     )
 
     @model_validator(mode="before")

@@ -346,3 +346,44 @@ def set_alias(session: Session, *, module: Module, alias: str, number: int) -> M
         raise NotFound(f"Module {module.name!r} has no version {number}; list its versions to pick one.")
     repository.set_alias(session, module_id=module.id, alias=alias, version_id=version.id)
     return version
+
+
+def warm_start_versions(
+    session: Session, *, task: str, category: str, category_module: ModuleVersion,
+    student_task_module: ModuleVersion, limit: int = 16,
+) -> list[ModuleVersion]:
+    """Latest versions of `task`'s adapter modules that map the category module's output to the student
+    task module's input, nearest first (at most `limit`): the starting points an auto search is offered.
+
+    Nearest: adapters learned from any version of this very category module (a new version of f is
+    where reuse pays), then the category's other adapters, then adapters into the same student task
+    module, then the rest; newest first within each group.
+    """
+    want_in, want_out = list(category_module.output_shape[1:]), list(student_task_module.input_shape[1:])
+    found: list[ModuleVersion] = []
+    after = None
+    while True:
+        page = repository.list_modules(session, kind="adapter", category=None, task=task, after=after,
+                                       limit=200)
+        for module, latest in page:
+            if latest is None:
+                continue
+            version = repository.get_version(session, module.id, latest)
+            config = ((version.arch or {}).get("config") or {}) if version is not None else {}
+            if (version is not None and version.format == "safetensors"
+                    and config.get("in_shape") == want_in and config.get("out_shape") == want_out):
+                found.append(version)
+        if len(page) < 200:
+            break
+        after = page[-1][0].id
+
+    def nearness(version: ModuleVersion) -> tuple:
+        parents = {(p.get("role"), p.get("name")) for p in version.parents or []}
+        return (
+            ("category", category_module.module.name) not in parents,
+            version.module.category != category,
+            ("student", student_task_module.module.name) not in parents,
+            -version.module_id,
+        )
+
+    return sorted(found, key=nearness)[:limit]

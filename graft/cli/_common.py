@@ -9,13 +9,12 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from graft._http import DEFAULT_URL, GraftError
 from graft.client import Client, JobFailed
@@ -90,27 +89,12 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
-def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
-    t = Table(title=title, title_justify="left", header_style="bold")
-    for col in columns:
-        t.add_column(col)
-    for row in rows:
-        t.add_row(*("" if v is None else str(v) for v in row))
-    return t
-
-
 def show(ctx: typer.Context, data: Any, render: Callable[[Any], Any]) -> None:
     """JSON when --json, else the rich renderable that `render(data)` builds."""
     if opts(ctx).json:
         emit_json(data)
     else:
         out.print(render(data))
-
-
-def fmt_metric(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3f}"
-    return "" if value is None else str(value)
 
 
 def parse_json_option(value: str | None, what: str) -> Any:

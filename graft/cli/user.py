@@ -11,33 +11,19 @@ from rich.console import Group
 from rich.text import Text
 
 from graft.cli._common import (
-    fmt_metric,
     global_options,
     handles_errors,
     opts,
     out,
     parse_json_option,
     show,
-    table,
     usage,
 )
+from graft.render import STATUS_STYLE, fmt_metric, headline_metric, render_grid, table
 
 modules_app = typer.Typer(help="List, inspect, upload and download modules.", no_args_is_help=True)
 datasets_app = typer.Typer(help="Upload datasets (.npz with x and optional y).", no_args_is_help=True)
 jobs_app = typer.Typer(help="Follow and cancel transplant / amalgamation jobs.", no_args_is_help=True)
-
-STATUS_STYLE = {"native": "green", "transplanted": "cyan", "running": "yellow", "missing": "dim",
-                "succeeded": "green", "failed": "red", "cancelled": "magenta", "queued": "dim"}
-METRIC_KEYS = ("accuracy", "task_metric", "teacher_agreement", "val_loss")
-
-
-def headline_metric(metrics: dict | None) -> str:
-    """The one number worth showing in a cell: accuracy first, then agreement with the teacher."""
-    for key in METRIC_KEYS:
-        if metrics and isinstance(metrics.get(key), (int, float)):
-            return f"{key.replace('_', ' ')} {fmt_metric(float(metrics[key]))}"
-    return ""
-
 
 # -- modules ----------------------------------------------------------------------------------------
 @modules_app.command("ls")
@@ -201,22 +187,6 @@ def transplant(
             if (j.get("result") or {}).get("adapter") else ""))
 
 
-def render_grid(g: dict):
-    """The category × task board as a rich table: each cell its status and headline metric."""
-    tasks = g.get("tasks") or []
-    cells = {(c["category"], c["task"]): c for c in g.get("cells") or []}
-    t = table("grid (category × task)", ("category", *tasks), [])
-    for cat in g.get("categories") or []:
-        row: list = [cat]
-        for task in tasks:
-            cell = cells.get((cat, task)) or {"status": "missing"}
-            status = cell.get("status", "missing")
-            metric = headline_metric(cell.get("metrics"))
-            row.append(Text(status + (f"\n{metric}" if metric else ""), style=STATUS_STYLE.get(status, "")))
-        t.add_row(*row)
-    return t
-
-
 @handles_errors
 def grid(ctx: typer.Context) -> None:
     """Show the category × task grid: native, transplanted, running or missing."""
@@ -306,4 +276,4 @@ def register(app: typer.Typer) -> None:
     app.command("demo")(demo)
 
 
-__all__ = ["register", "render_grid"]
+__all__ = ["register"]

@@ -26,10 +26,10 @@ from app.main import create_app
 from app.storage import key_for
 from app.storage.s3_stream import S3MultipartPut
 from app.storage.sweeper import sweep_orphans
+from support.services import s3_settings
 from tests.app.test_modules import make_module
 from tests.conftest import ADMIN_TOKEN
 from tests.ops.test_metrics import growth
-from tests.services import s3_settings
 from transplant.artifacts import save_module
 
 PART = 5 * 1024 * 1024  # S3's smallest part: the threshold too, so a few-MB artifact is streamed

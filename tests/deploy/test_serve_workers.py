@@ -15,9 +15,9 @@ import httpx
 import numpy as np
 import torch
 
-from bench.serving_spread import connection_pids
 from graft import Client
 from graft.local_server import LocalServer, free_port
+from support.services import connection_pids
 from tests.graft.nets import ResNetish, trained_like
 from tests.jobs.conftest import redis_broker  # noqa: F401 (a fixture)
 from tests.ops.test_metrics import sample

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+from support.world import final, make_world, transplant, wait_for
 from tests.jobs.conftest import (  # noqa: F401 (fixtures)
     module_database,
     queue_client,
@@ -11,7 +12,6 @@ from tests.jobs.conftest import (  # noqa: F401 (fixtures)
     redis_broker,
     workers,
 )
-from tests.jobs.world import final, make_world, transplant, wait_for
 
 SMALL = {"epochs": 3, "train": {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}}
 JOBS = 10

@@ -20,7 +20,7 @@ import torch
 
 from graft import Client
 from graft.local_server import LocalServer
-from tests.services import ACCESS_KEY, SECRET_KEY, S3Server
+from support.services import ACCESS_KEY, SECRET_KEY, S3Server
 from transplant.artifacts import save_module
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.fuzz import FuzzResult, run_fuzz
+from support.fuzz import FuzzResult, run_fuzz
 
 
 @pytest.fixture(scope="module")

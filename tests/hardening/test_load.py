@@ -8,9 +8,9 @@ every accepted job must be final, run once, with one adapter version.
 
 from __future__ import annotations
 
-from bench.load import DEFAULT_THINK, run_load
+from support.load import DEFAULT_THINK, TOKEN, run_load
+from support.services import s3_settings
 from tests.jobs.conftest import redis_broker  # noqa: F401 (a fixture)
-from tests.services import s3_settings
 
 COUNTS = {"uploader": 1, "reader": 2, "predictor": 1, "submitter": 1, "bad": 1}
 
@@ -18,7 +18,6 @@ COUNTS = {"uploader": 1, "reader": 2, "predictor": 1, "submitter": 1, "bad": 1}
 def test_short_load_run_has_no_errors_and_loses_nothing(
     seaweedfs, pg_database: str, redis_broker: str, tmp_path  # noqa: F811
 ) -> None:
-    from bench.registry import TOKEN
 
     settings = s3_settings(seaweedfs, pg_database, tmp_path / "data", broker_url=redis_broker,
                            bootstrap_token=TOKEN)

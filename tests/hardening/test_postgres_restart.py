@@ -17,8 +17,8 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
+from support.services import _free_ports
 from tests.conftest import ADMIN_TOKEN
-from tests.services import _free_ports
 
 
 def _pg_bin() -> Path:

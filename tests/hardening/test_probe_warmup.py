@@ -34,7 +34,7 @@ from pathlib import Path
 from fastapi.testclient import TestClient
 from app.config import Settings
 from app.main import create_app
-from bench.serving import process_tree
+from support.services import process_tree
 
 def forkservers():
     return [pid for pid in process_tree(os.getpid())[1:]

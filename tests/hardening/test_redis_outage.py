@@ -24,9 +24,9 @@ from app.jobs.dispatch import JOB_QUEUE
 from app.jobs.schemas import TransplantCreate
 from app.main import create_app
 from app.models import Job
+from support.services import _free_ports
+from support.world import make_world
 from tests.conftest import ADMIN_TOKEN
-from tests.jobs.world import make_world
-from tests.services import _free_ports
 
 
 class OwnRedis:

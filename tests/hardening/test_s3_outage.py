@@ -18,9 +18,9 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.main import create_app
+from support.services import ACCESS_KEY, SECRET_KEY, S3Server, _free_ports, _weed_binary, s3_settings
 from tests.app.test_modules import conv_net, make_module, upload
 from tests.conftest import ADMIN_TOKEN
-from tests.services import ACCESS_KEY, SECRET_KEY, S3Server, _free_ports, _weed_binary, s3_settings
 from transplant.artifacts import save_module
 
 

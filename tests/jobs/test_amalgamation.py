@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from tests.jobs.world import _ok, exported, final, upload_dataset, upload_module, wait_for
+from support.world import _ok, exported, final, upload_dataset, upload_module, wait_for
 
 LOW, HIGH = [str(c) for c in range(5)], [str(c) for c in range(5, 10)]
 FAST = {"epochs": 15, "train": {"batch_size": 64}}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from support.world import _ok, sse_events, upload_dataset, upload_module
 from tests.jobs.test_amalgamation import HIGH, LOW, digits, teacher, upload_head
-from tests.jobs.world import _ok, sse_events, upload_dataset, upload_module
 
 
 @pytest.fixture(scope="module")

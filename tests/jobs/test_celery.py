@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.jobs.world import (
+from support.world import (
     World,
     check_adapter_reproduces_teacher,
     final,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.jobs.world import (
+from support.world import (
     FEAT_SHAPE,
     World,
     check_adapter_reproduces_teacher,

@@ -18,8 +18,8 @@ from app.db.base import utcnow
 from app.main import create_app
 from app.models.job import Job
 from app.ops.metrics import job_registry
+from support.world import final, make_world, transplant, wait_for
 from tests.conftest import ADMIN_TOKEN
-from tests.jobs.world import final, make_world, transplant, wait_for
 
 FAST = {"epochs": 2, "train": {"batch_size": 32, "val_fraction": 0.0, "lr": 0.01}}
 

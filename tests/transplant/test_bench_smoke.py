@@ -1,30 +1,60 @@
-"""A seconds-long pass through the benchmark path so that it cannot silently break."""
+"""Seconds-long passes through the science and search benchmarks (`--smoke`), run as a user runs them
+(`python -m bench.<name>`), so that they cannot silently break. Tests import nothing from bench/."""
 
-import torch
+from __future__ import annotations
 
-from bench import science
-from bench.science_cost import world_step_cost
-from transplant.world import SIZES, build_world
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_bench_science_smoke(tmp_path, monkeypatch):
-    monkeypatch.setitem(
-        SIZES,
-        "small",
-        {"n_old": 1, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2},
-    )
-    s = science.settings(quick=True)
-    s.update(seeds=[0], labels=[10], few=[8], steps=2, steps_per_epoch=2)
-    world = build_world(seed=0, size="small", name="shapes")
-    cells = {
-        f"shapes / {world.new_categories[0]} / {t}": science.run_cell(world, world.new_categories[0], t, s)
-        for t in world.tasks
-    }
-    cost = world_step_cost(world, reps=1, batch_size=8)
-    assert cost["time_ratio"] > 0 and cost["memory_ratio"] > 1  # the extra VJPs keep more tensors alive
-    s["n_unlab"] = 24
-    head = science.write_report(cells, s, cost, 1.0, tmp_path / "science.md")
-    science.plot(cells, s, tmp_path / "science.png")
-    assert "Headline" in head and (tmp_path / "science.png").stat().st_size > 0
-    assert all(0.0 <= v <= 1.0 for cols in cells.values() for vals in cols.values() for v in vals)
-    torch.set_num_threads(1)
+def bench(*args: str) -> str:
+    """Run `python -m bench.<args>` from the repository root; its output (fails the test on an error)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
+def test_bench_science_smoke(tmp_path):
+    out = bench("bench.science", "--smoke", "--threads", "1", "--out", str(tmp_path))
+    md = (tmp_path / "science_quick.md").read_text()
+    assert "Headline" in out and "Headline" in md
+    assert "back-distillation step" in md  # the cost rows
+    assert (tmp_path / "science_quick.png").stat().st_size > 0
+
+
+def test_bench_search_smoke_and_merge(tmp_path):
+    out = bench("bench.search", "--smoke", "--out", str(tmp_path), "--name", "s")
+    assert "best-mean fixed candidate" in out and "warm ÷ cold steps" in out
+    stored = json.loads((tmp_path / "s.json").read_text())
+    (run,) = stored["runs"]
+    assert len(run["fixed"]) == 4 and run["auto"]["steps"] <= 12
+    assert run["auto"]["supernet_steps"] + run["auto"]["race_steps"] + run["auto"]["finetune_steps"] <= 12
+    for mode in ("finetuned", "retrained"):
+        w = run["warm"][mode]
+        assert [s for s, _ in w["cold_curve"]] == list(range(0, 21, 10)) and w["feature_drift"] > 0
+    assert set(stored["conditions"]["verdict"]) == {"quality", "cost", "warm"}
+
+    # --merge: one report over the runs of several stored result files.
+    parts = []
+    for seed in (0, 1):
+        parts.append(tmp_path / f"part{seed}.json")
+        conditions = {**stored["conditions"], "quick": False, "total_s": 1.0}
+        parts[-1].write_text(json.dumps({"conditions": conditions, "runs": [{**run, "seed": seed}]}))
+    bench("bench.search", "--merge", *map(str, parts), "--name", "pooled", "--out", str(tmp_path))
+    merged = json.loads((tmp_path / "pooled.json").read_text())
+    assert [r["seed"] for r in merged["runs"]] == [0, 1] and merged["conditions"]["total_s"] == 2.0
+    assert "for seeds [0, 1]" in (tmp_path / "pooled.md").read_text()
+    # A rewrite keeps the report's hand-written commentary.
+    (tmp_path / "pooled.md").write_text("old report\n## Commentary\nkept by hand\n")
+    bench("bench.search", "--merge", *map(str, reversed(parts)), "--seeds", "1", "--name", "pooled",
+          "--out", str(tmp_path))
+    assert [r["seed"] for r in json.loads((tmp_path / "pooled.json").read_text())["runs"]] == [1]
+    md = (tmp_path / "pooled.md").read_text()
+    assert "for seeds [1]" in md and md.endswith("## Commentary\nkept by hand\n") and "old report" not in md

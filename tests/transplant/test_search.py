@@ -1,7 +1,6 @@
 """Adapter search: exact child extraction, ranking, warm starts, end to end, cancellation."""
 
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -11,11 +10,10 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from tests.transplant.conftest import tiny_nets
 from transplant import Cancelled, TrainConfig
 from transplant.adapters import adapter_spec, build_adapter, load_adapter, save_adapter
-from transplant.distill.trainer import Trainer, set_warmup_lr
 from transplant.run import _objective
 from transplant.search import SearchSpace, SuperNet, held_out_score, run_auto_transplant, search_children
 from transplant.search.budget import AutoBudget
-from transplant.search.select import extrapolate, pick_finalists, rank_for_cut, schedule
+from transplant.search.select import pick_finalists, schedule
 from transplant.search.space import Candidate
 from transplant.search.stages import Stepper, train_supernet
 
@@ -219,8 +217,10 @@ def test_budget_is_validated():
     with pytest.raises(ValueError):
         run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget={"stepz": 3})
     for bad in ({"finalists": 0}, {"trial_fraction": 1.0}, {"sampling": "nope"}, {"selection": "best"},
-                {"stratify": "yes"}, {"size_tolerance": -0.1}, {"size_tolerance": 1.0}, {"warmup_steps": -1},
-                {"warmup_steps": True}, {"warmup_steps": 2.5}, {"keep_optimizer": "yes"}):
+                {"stratify": "yes"}, {"lift_warm_starts": "no"},
+                # tried and not adopted (docs/search.md): unknown keys now
+                {"extrapolate": True}, {"size_tolerance": 0.1}, {"warmup_steps": 5}, {"keep_optimizer": True},
+                {"grow": "max"}):
         with pytest.raises(ValueError):
             run_auto_transplant(f, g_t, g_s, torch.randn(8, 3, 6, 6), budget=bad)
 
@@ -344,110 +344,3 @@ def test_stratified_finalists_come_from_every_depth():
     warm = [{"name": "w", "score": -1.0, "module": net.extract(ranked[0][0]), "config": None}]
     with_warm = pick_finalists(ranked, warm, 3, net, stratify=True)
     assert with_warm[0]["warm"] == "w" and len(with_warm) == 3
-
-
-def test_extrapolation_follows_a_power_law_and_never_invents_progress():
-    # L(t) = 8 t^-1 through (2, 4) and (4, 2): after 4 more steps, L(8) = 1.
-    assert extrapolate([(2, 4.0), (4, 2.0)], 4) == pytest.approx(1.0)
-    assert extrapolate([(4, 2.0)], 100) == 2.0  # one point: the loss as it is
-    assert extrapolate([(2, 2.0), (4, 3.0)], 100) == 3.0  # got worse: no extrapolated gain
-    # A slower start that falls faster is ranked ahead of a faster start that has levelled off.
-    assert extrapolate([(3, 30.0), (9, 15.0)], 100) < extrapolate([(3, 10.0), (9, 9.5)], 100)
-
-
-def test_halving_can_cut_by_extrapolated_loss():
-    f, g_t, g_s = tiny_nets()
-    x = torch.randn(24, 3, 6, 6)
-    budget = {"steps": 60, "supernet_fraction": 0.3, "finalists": 4, "trial_fraction": 0.5,
-              "selection": "halving", "extrapolate": True, **SMALL}
-    s = run_auto_transplant(f, g_t, g_s, x, budget=budget, train=FAST).metrics["search"]
-    first = [r for r in s["race"] if r["round"] == 0]
-    second = [r for r in s["race"] if r["round"] == 1]
-    assert all(r["ranked_by"] == r["raced_score"] for r in first)  # one point each: as measured
-    # 42 steps after the super-net, 18 of them in the rounds: the winner fine-tunes for 24 more.
-    for r in second:
-        curve = [(q["own_steps"], q["raced_score"]) for q in s["race"] if q["name"] == r["name"]]
-        assert r["ranked_by"] == pytest.approx(extrapolate(curve, 42 - 18))
-    kept = min(second, key=lambda r: r["ranked_by"])
-    assert s["chosen_score"] == kept["score"]
-    with pytest.raises(ValueError):
-        run_auto_transplant(f, g_t, g_s, x, budget={**budget, "extrapolate": "yes"})
-
-
-def test_size_tolerance_lets_the_larger_of_near_ties_go_first():
-    small, big, bigger = nn.Linear(2, 2), nn.Linear(2, 8), nn.Linear(8, 8)
-    out_of_the_race = [{"rank_by": 0.0}] * 4  # indices 0-3: only `ids` are ranked
-    fins = out_of_the_race + [{"rank_by": 10.0, "module": small}, {"rank_by": 10.5, "module": big},
-                              {"rank_by": 12.0, "module": bigger}]
-    ids = [4, 5, 6]
-    assert rank_for_cut(fins, ids, 0.0) == [4, 5, 6]  # the loss alone
-    assert rank_for_cut(fins, ids, 0.1) == [5, 4, 6]  # 10.5 is within 10 % of 10: the larger first
-    assert rank_for_cut(fins, ids, 0.25) == [6, 5, 4]  # 12 is within 25 %: largest first
-
-
-def _moved(h: nn.Module, before: dict) -> float:
-    return sum(float((p - before[k]).abs().sum()) for k, p in h.state_dict().items())
-
-
-def test_warmup_and_a_kept_optimiser_move_trained_weights_gently():
-    # Adam's first step moves every weight by about lr whatever its gradient; for weights that are
-    # already trained, a warmup (lr/W on the first step) or a continued optimiser state (large second
-    # moments) keeps that step small.
-    _, g_t, g_s = tiny_nets()
-    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
-    torch.manual_seed(0)
-    start = _perturbed(build_adapter(space.config(Candidate(2, 8, 3, True))))
-    feats = torch.randn(20, 4, 6, 6)
-    data = [feats, g_t(feats).detach(), torch.zeros(20)]
-    moved = {}
-    for warmup in (0, 10):
-        h = copy.deepcopy(start)
-        before = copy.deepcopy(h.state_dict())
-        obj = _objective("back_distillation", h, g_s, g_t, FAST, torch.Generator().manual_seed(3))
-        Stepper(h, obj, FAST, data, seed=1, warmup_steps=warmup).run(1)
-        moved[warmup] = _moved(h, before)
-    assert moved[10] == pytest.approx(moved[0] / 10, rel=1e-3)
-
-    one_step = dataclasses.replace(FAST, max_steps=1, epochs=1, batch_size=20)
-    for state in (None, "loud"):
-        h = copy.deepcopy(start)
-        before = copy.deepcopy(h.state_dict())
-        obj = _objective("back_distillation", h, g_s, g_t, FAST, torch.Generator().manual_seed(3))
-        opt_state = None
-        if state:
-            opt = torch.optim.AdamW(list(h.parameters()), lr=FAST.lr)
-            for p in h.parameters():  # second moments that say "these gradients were large"
-                opt.state[p] = {"step": torch.tensor(50.0), "exp_avg": torch.zeros_like(p),
-                                "exp_avg_sq": torch.full_like(p, 1e6)}
-            opt_state = opt.state_dict()
-        Trainer(h, obj, one_step, optimizer_state=opt_state).fit(data)
-        moved[state] = _moved(h, before)
-    assert moved["loud"] < moved[None] / 100
-
-
-def test_warmup_lr_rises_linearly_then_stays():
-    p = nn.Parameter(torch.zeros(1))
-    opt = torch.optim.AdamW([p], lr=1.0)
-    lrs = []
-    for step in range(6):
-        set_warmup_lr(opt, 0.3, step, 4)
-        lrs.append(opt.param_groups[0]["lr"])
-    assert lrs == pytest.approx([0.075, 0.15, 0.225, 0.3, 0.3, 0.3])
-    set_warmup_lr(opt, 0.3, 0, 0)  # no warmup: the lr is left as it is
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.3)
-
-
-def test_auto_fine_tune_can_continue_the_winners_optimiser():
-    f, g_t, g_s = tiny_nets()
-    x = torch.randn(24, 3, 6, 6)
-    budget = {"steps": 30, "finalists": 2, "trial_fraction": 0.5, **SMALL}
-    runs = [run_auto_transplant(f, g_t, g_s, x, budget={**budget, **extra}, train=FAST)
-            for extra in ({}, {"keep_optimizer": True}, {"warmup_steps": 4})]
-    searches = [r.metrics["search"] for r in runs]
-    assert all(s["race_steps"] > 0 and s["finetune_steps"] > 0 for s in searches)
-    assert len({s["chosen"]["config"]["layers"] for s in searches[:2]}) == 1  # the race is the same ...
-    final = [r.adapter.state_dict() for r in runs]
-    for other in final[1:]:  # ... but the fine-tune (and, with a warmup, the race) is not
-        assert other.keys() != final[0].keys() or any(
-            other[k].shape != v.shape or not torch.equal(v, other[k]) for k, v in final[0].items()
-        )

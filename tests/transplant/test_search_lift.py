@@ -8,11 +8,10 @@ import torch
 
 from tests.transplant.conftest import tiny_nets
 from tests.transplant.test_search import FAST, SMALL, _perturbed, _teacher_through
-from transplant.adapters import adapter_spec, build_adapter, config_from_spec, fit_adapter_config
+from transplant.adapters import adapter_spec, build_adapter, fit_adapter_config
 from transplant.search import SearchSpace, run_auto_transplant
 from transplant.search.lift import can_lift, lift
 from transplant.search.space import Candidate
-from transplant.search.stages import grow_target
 
 
 def _configs(in_shape, out_shape, activation="relu"):
@@ -95,46 +94,18 @@ def test_auto_grows_the_warm_start_it_keeps():
         run_auto_transplant(f, g_t, g_s, x, budget={"lift_warm_starts": "yes"})
 
 
-def test_grow_targets():
-    space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **SMALL)
-
-    def target(c: Candidate, how: str):
-        return grow_target(space.config(c), space, how)
-
-    assert target(Candidate(2, 4, 1, True), "width") == Candidate(2, 8, 1, True)  # same depth, kernel, skip
-    assert target(Candidate(2, 4, 1, True), "max") == Candidate(3, 8, 3, True)
-    assert target(Candidate(2, 4, 1, False), "max") == Candidate(3, 8, 3, False)  # the skip stays
-    assert target(Candidate(1, 0, 1, False), "max") == Candidate(1, 0, 3, False)  # one layer stays one
-    assert target(Candidate(1, 0, 1, False), "width") is None
-    assert target(Candidate(3, 8, 3, True), "max") is None  # already the largest
-    assert target(Candidate(2, 4, 1, True), "off") is None
-
-
-def test_auto_grows_the_child_it_keeps_and_ungrows_it_when_the_fine_tune_does_not_help():
+def test_auto_keeps_the_start_when_the_fine_tune_does_not_lower_the_held_out_loss():
+    # A registered adapter that is exactly the teacher's mapping: fine-tuning cannot lower its held-out
+    # loss, so the start is kept as it was registered.
     f, _, g_s = tiny_nets()
     deep = {**SMALL, "depths": (2, 3)}
     space = SearchSpace.for_shapes((4, 6, 6), (4, 6, 6), **deep)
     x = torch.randn(24, 3, 6, 6)
-    g_t = _teacher_through(g_s, _perturbed(build_adapter(space.config(Candidate(2, 4, 1, False)))))
-    budget = {"steps": 16, **deep, "finalists": 1}
-    off = run_auto_transplant(f, g_t, g_s, x, budget=budget, train=FAST)
-    grown = run_auto_transplant(f, g_t, g_s, x, budget={**budget, "grow": "max"}, train=FAST)
-    kept = off.metrics["search"]["candidates"][0]["spec"]  # with one finalist: the best inherited child
-    assert off.metrics["search"]["grown_into"] is None and off.spec == kept
-    assert grown.metrics["search"]["grown_into"] is not None
-    assert can_lift(config_from_spec(kept), grown.config)
-    assert grown.config == space.config(grow_target(config_from_spec(kept), space, "max"))
-    assert grown.metrics["search"]["chosen"] == grown.spec
-    assert grown.metrics["val_loss"] < off.metrics["val_loss"]  # here the capacity helps
-    # A registered adapter that is exactly the teacher's mapping: fine-tuning cannot lower its held-out
-    # loss, so the start is kept, and as it was registered, not grown.
     small = Candidate(2, 4, 1, True)
     exact = _perturbed(build_adapter(space.config(small)))
     g_exact = _teacher_through(g_s, copy.deepcopy(exact))
     warm = [("exact", exact, adapter_spec(space.config(small)))]
-    b = {**budget, "grow": "max", "lift_warm_starts": False}
+    b = {"steps": 16, **deep, "finalists": 1, "lift_warm_starts": False}
     res = run_auto_transplant(f, g_exact, g_s, x, budget=b, warm_starts=warm, train=FAST)
-    assert res.metrics["search"]["warm_start"] == "exact"
-    assert res.metrics["search"]["grown_into"] is None and res.config == space.config(small)
-    with pytest.raises(ValueError, match="unknown grow"):
-        run_auto_transplant(f, g_t, g_s, x, budget={"grow": "yes"})
+    assert res.metrics["search"]["warm_start"] == "exact" and res.config == space.config(small)
+    assert all(torch.equal(v, exact.state_dict()[k]) for k, v in res.adapter.state_dict().items())

@@ -109,13 +109,6 @@ class TrainConfig:
         return total, round_len, patience
 
 
-def set_warmup_lr(opt: torch.optim.Optimizer, lr: float, step: int, warmup_steps: int) -> None:
-    """The learning rate of step `step` (0-based): lr·(step+1)/warmup_steps during the warmup, then lr."""
-    if warmup_steps > 0:
-        for group in opt.param_groups:
-            group["lr"] = lr * min(1.0, (step + 1) / warmup_steps)
-
-
 class Callback(Protocol):
     """Progress hooks; both receive a plain dict (see Trainer.fit)."""
 
@@ -152,12 +145,7 @@ class Trainer:
         val_objective: Objective | None = None,
         callbacks: Sequence[Any] = (),
         should_stop: Callable[[], bool] | None = None,
-        warmup_steps: int = 0,
-        optimizer_state: dict | None = None,
     ) -> None:
-        """warmup_steps: the learning rate rises linearly to config.lr over the first steps (for weights
-        that are already trained: Adam's first steps move every weight by about lr, whatever its gradient).
-        optimizer_state: an AdamW state_dict over the same parameters to continue from."""
         self.module = module
         self.objective = objective
         self.val_objective = val_objective or objective
@@ -167,8 +155,6 @@ class Trainer:
         self.history: list[dict] = []
         self.best_val: float | None = None
         self.steps_done = 0
-        self.warmup_steps = warmup_steps
-        self.optimizer_state = optimizer_state
 
     def _batches(self, n: int, gen: torch.Generator, steps: int) -> Iterable[torch.Tensor]:
         """`steps` index batches, reshuffling whenever the data runs out."""
@@ -212,8 +198,6 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed)
         params = [p for p in self.module.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if self.optimizer_state is not None:
-            opt.load_state_dict(self.optimizer_state)
         batches = iter(self._batches(n, gen, total))
         best_state, best_step = None, 0
         for epoch in range(1, rounds + 1):
@@ -235,7 +219,6 @@ class Trainer:
                 loss.backward()
                 if cfg.grad_clip is not None:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                set_warmup_lr(opt, cfg.lr, self.steps_done, self.warmup_steps)
                 opt.step()
                 self.steps_done += 1
                 n_steps += 1

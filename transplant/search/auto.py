@@ -31,13 +31,10 @@ from transplant.distill.trainer import TrainConfig
 from transplant.errors import Cancelled
 from transplant.run import TransplantResult, _objective, check_inputs, end_metrics
 from transplant.search.budget import SPACE_KEYS, AutoBudget
-from transplant.search.lift import lift
 from transplant.search.select import pick_finalists, run_rounds, schedule
 from transplant.search.space import Candidate
 from transplant.search.stages import (
     Staged,
-    child_name,
-    grow_target,
     held_out_score,
     lift_warm_starts,
     prepare,
@@ -108,39 +105,23 @@ def run_auto_transplant(
         # Stage 3a: the finalists get steps of their own before one is kept by held-out loss
         # (inherited scores rank children trained for different step counts).
         rounds = schedule(len(finalists), int(n_fine * plan.trial_fraction), plan.selection)
-        horizon = n_fine - sum(m * k for m, k in rounds) if plan.extrapolate else None
         winner, race, race_steps = run_rounds(
             finalists, rounds, lambda m: _objective(method, m, g_student, g_teacher, cfg, gen), score, cfg,
-            train_data, callbacks, sup.steps_done, total, should_stop, horizon, plan.size_tolerance,
-            plan.warmup_steps,
+            train_data, callbacks, sup.steps_done, total, should_stop,
         )
         done = sup.steps_done + race_steps
         h, config, warm_name = winner["module"], winner["config"], winner["warm"]
         start_score = winner.get("raced", winner["score"])
-        kept = (h, config)
-        grown = grow_target(config, space, plan.grow)
-        if grown is not None:  # same function, more capacity for the fine-tune (search/lift.py)
-            h, config = lift(h, config, space.config(grown), cfg.seed), space.config(grown)
 
         # Stage 3b: fine-tune the kept adapter from where it is (inherited or registered weights).
         obj = _objective(method, h, g_student, g_teacher, cfg, gen)
-        start_state = copy.deepcopy(h.state_dict()) if grown is None else None  # grown: `kept` is the start
+        start_state = copy.deepcopy(h.state_dict())
         fine_cb = Staged(callbacks, "finetune", done, total)
-        if plan.keep_optimizer and "stepper" in winner and grown is None:
-            # continue the race's Adam state, no new warmup
-            options = {"optimizer_state": winner["stepper"].opt.state_dict()}
-        else:
-            options = {"warmup_steps": plan.warmup_steps}
-        fine = train_for(h, obj, cfg, max(1, total - done), train_data, val_data, [fine_cb], should_stop,
-                         **options)
+        fine = train_for(h, obj, cfg, max(1, total - done), train_data, val_data, [fine_cb], should_stop)
         final_score = held_out_score(h, g_student, g_teacher, held_out, cfg)
-        # Fine-tuning made the held-out loss worse (or, grown, no better): keep the start, ungrown.
-        if final_score > start_score or (grown is not None and final_score == start_score):
+        if final_score > start_score:  # fine-tuning made the held-out loss worse: keep the start
             final_score = start_score
-            if grown is None:
-                h.load_state_dict(start_state)
-            else:
-                (h, config), grown = kept, None
+            h.load_state_dict(start_state)
         h.eval()
         metrics = end_metrics(h, g_student, method, train_data, val_data, y is not None)
         epochs = len(sup.history) + sum(len(f.get("history", ())) for f in finalists) + len(fine.history)
@@ -155,7 +136,6 @@ def run_auto_transplant(
                         for w in warm],
         "selection": plan.selection if rounds else None,
         "race": race,
-        "grown_into": child_name(grown) if grown is not None else None,
         "supernet_steps": sup.steps_done,
         "race_steps": race_steps,
         "finetune_steps": fine.steps_done,

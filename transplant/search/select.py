@@ -92,20 +92,8 @@ def run_rounds(
     offset: int,
     total: int,
     should_stop: Callable[[], bool] | None,
-    horizon: int | None = None,
-    size_tolerance: float = 0.0,
-    warmup_steps: int = 0,
 ) -> tuple[dict, list[dict], int]:
-    """Train and cut the finalists round by round; (winner, per-round records, steps spent).
-
-    horizon: when set, cuts after the first round compare each finalist's held-out loss extrapolated
-    to `horizon` more steps of its own (a power law through its last two round-end losses) instead of
-    the loss now, so that a deeper child that learns faster is not cut for starting behind.
-    size_tolerance: at each cut, finalists within this fraction of the best loss count as tied and
-    the larger (more parameters) go first: after a few steps each, a larger child is further from
-    its final loss than a smaller one at the same level (see `rank_for_cut`).
-    warmup_steps: each finalist's learning rate rises linearly over its first own steps.
-    """
+    """Train and cut the finalists round by round; (winner, per-round records, steps spent)."""
     alive = list(range(len(finalists)))
     records: list[dict] = []
     done = 0
@@ -116,47 +104,16 @@ def run_rounds(
                 # The same data order for every finalist (common random numbers: the comparison
                 # measures the starting points, not the luck of the batches).
                 fin["stepper"] = Stepper(fin["module"], make_objective(fin["module"]), cfg, data, cfg.seed,
-                                         should_stop, warmup_steps)
+                                         should_stop)
             cb = Staged(callbacks, "race", offset + done, total, round=r, finalist=i)
             rec = fin["stepper"].run(steps, [cb])
             done += steps
             fin.setdefault("history", []).append({**rec, "stage": "race", "round": r, "finalist": i})
             fin["raced"] = score(fin["module"])
-            fin.setdefault("curve", []).append((fin["stepper"].steps_done, fin["raced"]))
-            fin["rank_by"] = fin["raced"] if horizon is None else extrapolate(fin["curve"], horizon)
             records.append({"round": r, "name": fin["name"], "score": fin["score"],
-                            "raced_score": fin["raced"], "own_steps": fin["stepper"].steps_done,
-                            "ranked_by": fin["rank_by"]})
+                            "raced_score": fin["raced"], "own_steps": fin["stepper"].steps_done})
         keep = 1 if r == len(rounds) - 1 else math.ceil(len(alive) / 2)
-        alive = rank_for_cut(finalists, alive, size_tolerance)[:keep]
+        alive = sorted(alive, key=lambda i: finalists[i]["raced"])[:keep]
     if not rounds:
         return min(finalists, key=lambda fin: fin["score"]), records, 0
     return finalists[alive[0]], records, done
-
-
-def rank_for_cut(finalists: list[dict], alive: list[int], size_tolerance: float) -> list[int]:
-    """The indices `alive` (into `finalists`) best first, by `rank_by`; with a tolerance, those
-    within it of the best come first, largest (most parameters) first."""
-    best = min(finalists[i]["rank_by"] for i in alive)
-
-    def key(i: int) -> tuple:
-        fin = finalists[i]
-        if size_tolerance > 0 and fin["rank_by"] <= best * (1 + size_tolerance):
-            return (0, -sum(p.numel() for p in fin["module"].parameters()), fin["rank_by"])
-        return (1, 0, fin["rank_by"])
-
-    return sorted(alive, key=key)
-
-
-def extrapolate(curve: list[tuple[int, float]], horizon: int) -> float:
-    """The loss after `horizon` more steps, by L(t) = L2 (t / t2)^-b through the last two points.
-
-    One point, or a loss that did not fall: the last loss as it is (no optimism without evidence).
-    """
-    if len(curve) < 2:
-        return curve[-1][1]
-    (t1, l1), (t2, l2) = curve[-2], curve[-1]
-    if not (0 < t1 < t2) or not (0 < l2 < l1):
-        return l2
-    b = math.log(l1 / l2) / math.log(t2 / t1)
-    return l2 * ((t2 + horizon) / t2) ** -b

@@ -105,7 +105,7 @@ class SearchSpace:
         "uniform" (default): uniform over candidates(), so every child is trained equally often
         (Guo et al.'s uniform single-path sampling). "depth": depth first, then the other choices —
         each depth equally often, which gave the 2 single-layer children (their own layer) a third
-        of all steps and biased the inherited-weight ranking towards them (bench/results/search.md).
+        of all steps and biased the inherited-weight ranking towards them (docs/search.md).
         """
 
         def pick(options: tuple):

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from transplant.adapters import AdapterConfig, config_from_spec
+from transplant.adapters import config_from_spec
 from transplant.blackbox import batched_apply
 from transplant.distill.losses import back_distillation_loss
-from transplant.distill.trainer import TrainConfig, Trainer, set_warmup_lr
+from transplant.distill.trainer import TrainConfig, Trainer
 from transplant.errors import Cancelled, TrainingDiverged
 from transplant.run import _objective, _split
 from transplant.search.budget import SPACE_KEYS, AutoBudget
@@ -143,20 +143,6 @@ def lift_warm_starts(warm: list[dict], ranked: list[tuple[Candidate, float]], sp
             w["config"], w["lifted_into"] = space.config(target), child_name(target)
 
 
-def grow_target(config: AdapterConfig, space: SearchSpace, how: str) -> Candidate | None:
-    """The child that budget.grow lifts the kept adapter (of `config`) into, or None if none holds it.
-
-    "width": the widest child of the same depth, kernel and skip; "max": the largest child (deepest,
-    widest, largest kernel) that holds it exactly.
-    """
-    if how == "off":
-        return None
-    holders = [c for c in space.candidates() if can_lift(config, space.config(c))]
-    if how == "width":
-        holders = [c for c in holders if (c.layers, c.kernel_size) == (config.layers, config.kernel_size)]
-    return max(holders, key=lambda c: (c.layers, c.hidden, c.kernel_size), default=None)
-
-
 def child_name(c: Candidate) -> str:
     """Short label of a child: "d1 k3", "d2 w32 k3 skip"."""
     if c.layers == 1:
@@ -182,14 +168,12 @@ def train_for(
     val: list | None,
     callbacks: Sequence[Any],
     should_stop: Callable[[], bool] | None,
-    **trainer_options: Any,
 ) -> Trainer:
-    """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it);
-    trainer_options: Trainer's warmup_steps and optimizer_state."""
+    """A Trainer run of exactly `steps` optimiser steps (fewer only if early stopping ends it)."""
     per_epoch = _per_epoch(cfg, data[0].shape[0])
     stage_cfg = dataclasses.replace(cfg, steps=None, max_steps=steps,
                                     epochs=max(1, math.ceil(steps / per_epoch)))
-    trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop, **trainer_options)
+    trainer = Trainer(module, obj, stage_cfg, callbacks=callbacks, should_stop=should_stop)
     trainer.fit(data, val)
     return trainer
 
@@ -248,10 +232,8 @@ class Stepper:
         data: list,
         seed: int,
         should_stop: Callable[[], bool] | None = None,
-        warmup_steps: int = 0,
     ) -> None:
         self.module, self.objective, self.cfg, self.data = module, objective, cfg, data
-        self.warmup_steps = warmup_steps
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(seed)
@@ -283,7 +265,6 @@ class Stepper:
             loss.backward()
             if self.cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-            set_warmup_lr(self.opt, self.cfg.lr, self.steps_done, self.warmup_steps)
             self.opt.step()
             self.steps_done += 1
             vals = {k: _num(out.get(k, loss if k == "loss_out" else 0.0)) for k in sums}

@@ -18,19 +18,12 @@ from sqlalchemy.orm import Session
 
 from app.datasets.service import get_dataset, load_arrays
 from app.jobs.context import JobContext
-from app.models import Module
-from app.modules.service import (
-    add_version,
-    discard_orphan,
-    file_sha256,
-    get_or_create_module,
-    resolve_version,
-    version_ref,
-)
+from app.modules.service import resolve_version, version_ref
 from transplant.amalgamate import AmalgamationConfig, StudentConfig, Teacher, amalgamate
 from transplant.artifacts import save_module
 from workers import lifecycle
 from workers.lifecycle import JobFailed, JobRun, Register
+from workers.registration import register_artifact, result_module
 from workers.tasks.transplant import fetch_module
 
 
@@ -106,50 +99,35 @@ def _work(run: JobRun) -> Register:
         "job_id": run.job_id,
     }
     parents = [{**version_ref(v), "role": "teacher"} for pair in pieces for v in pair]
-    category, task = req["category"], req["task"]
+    category = req["category"]
 
     def register(session: Session) -> dict:
         modules = {
-            "category": _module(session, req["category_module"], "category", category=category),
-            "task": _module(session, req["task_module"], "task", task=task),
+            role: result_module(
+                session, req[f"{role}_module"], role, description=f"Amalgamated student ({role} module).",
+                what=f"the student's {role} module", **{role: req[role]},
+            )
+            for role in ("category", "task")
         }
         refs = {}
-        with tempfile.TemporaryDirectory(prefix="graft-student-") as tmp:
-            for role, (data, in_shape) in exported.items():
-                path = Path(tmp) / f"{role}.pt2"
-                path.write_bytes(data)
-                sha256 = file_sha256(path)[0]
-                run.on_rollback.append(lambda s, sha256=sha256: discard_orphan(s, ctx.store, sha256))
-                version, _created = add_version(
-                    session, ctx.store, ctx.settings, module=modules[role], file_path=path,
-                    meta={
-                        "format": "torch_export",
-                        "input_shape": in_shape,
-                        "trained_on": [category],
-                        "metrics": metrics,
-                        "description": (
-                            f"Amalgamated student ({role} module) of {len(pieces)} teachers over "
-                            f"{len(result.classes)} classes, job {run.job_id}, dataset {dataset.id}"
-                        ),
-                    },
-                    parents=parents, job_id=run.job_id, job_role=role, sha256=sha256,
-                )
-                refs[f"{role}_module"] = version_ref(version)
+        for role, (data, in_shape) in exported.items():
+            version = register_artifact(
+                run, session, module=modules[role], data=data, filename=f"{role}.pt2", job_role=role,
+                parents=parents, meta={
+                    "format": "torch_export",
+                    "input_shape": in_shape,
+                    "trained_on": [category],
+                    "metrics": metrics,
+                    "description": (
+                        f"Amalgamated student ({role} module) of {len(pieces)} teachers over "
+                        f"{len(result.classes)} classes, job {run.job_id}, dataset {dataset.id}"
+                    ),
+                },
+            )
+            refs[f"{role}_module"] = version_ref(version)
         return {**refs, "metrics": {k: v for k, v in metrics.items() if k != "teachers"}}
 
     return register
-
-
-def _module(session: Session, name: str, kind: str, **fields: str) -> Module:
-    """The student's module `name`, created when missing; JobFailed if it became something else."""
-    module = get_or_create_module(
-        session, name=name, kind=kind, description=f"Amalgamated student ({kind} module).", **fields
-    )
-    if module.kind != kind:
-        raise JobFailed(
-            f"Module {name!r} is a {module.kind} module; the student's {kind} module cannot be added to it."
-        )
-    return module
 
 
 def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:

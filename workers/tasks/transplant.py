@@ -21,15 +21,7 @@ from sqlalchemy.orm import Session
 from app.datasets.service import get_dataset, load_arrays
 from app.jobs.context import JobContext
 from app.models import ModuleVersion
-from app.modules import repository as modules_repository
-from app.modules.service import (
-    add_version,
-    discard_orphan,
-    file_sha256,
-    get_or_create_module,
-    resolve_version,
-    version_ref,
-)
+from app.modules.service import resolve_version, version_ref, warm_start_versions
 from transplant import TrainConfig, run_transplant
 from transplant.adapters import fit_adapter_config, save_adapter
 from transplant.artifacts import ArtifactError, load_module
@@ -37,6 +29,7 @@ from transplant.search import run_auto_transplant
 from workers import lifecycle
 from workers.lifecycle import JobFailed, JobRun, Register
 from workers.module_cache import cache_key, process_cache
+from workers.registration import register_artifact, result_module
 
 log = logging.getLogger(__name__)
 
@@ -87,47 +80,6 @@ def _auto_options(req: dict) -> dict | None:
 
 def _adapter_config(run: JobRun, f_out: list, g_in: list):  # noqa: ANN202
     return fit_adapter_config(tuple(f_out[1:]), tuple(g_in[1:]), **(run.request.get("adapter") or {}))
-
-
-def _warm_start_versions(
-    ctx: JobContext, req: dict, f_v: ModuleVersion, g_s_v: ModuleVersion
-) -> list[ModuleVersion]:
-    """Latest versions of the task's adapter modules that map f's output to g_S's input, nearest first.
-
-    Nearest: adapters learned from any version of this very category module (a new f version is where
-    reuse pays; bench/results/search.md), then the category's other adapters, then adapters into the
-    same student task module, then the rest; newest first within each group. The cap keeps the first.
-    """
-    want_in, want_out = list(f_v.output_shape[1:]), list(g_s_v.input_shape[1:])
-    found: list[ModuleVersion] = []
-    after = None
-    with ctx.sessionmaker() as session:
-        while True:
-            page = modules_repository.list_modules(
-                session, kind="adapter", category=None, task=req["task"], after=after, limit=200
-            )
-            for module, latest in page:
-                if latest is None:
-                    continue
-                version = modules_repository.get_version(session, module.id, latest)
-                config = ((version.arch or {}).get("config") or {}) if version is not None else {}
-                if (version is not None and version.format == "safetensors"
-                        and config.get("in_shape") == want_in and config.get("out_shape") == want_out):
-                    found.append(version)
-            if len(page) < 200:
-                break
-            after = page[-1][0].id
-
-    def nearness(version: ModuleVersion) -> tuple:
-        parents = {(p.get("role"), p.get("name")) for p in version.parents or []}
-        return (
-            ("category", f_v.module.name) not in parents,
-            version.module.category != req["category"],
-            ("student", g_s_v.module.name) not in parents,
-            -version.module_id,
-        )
-
-    return sorted(found, key=nearness)[:MAX_WARM_STARTS]
 
 
 def _warm_starts(ctx: JobContext, versions: list[ModuleVersion], folder: Path) -> tuple[list, dict]:
@@ -200,7 +152,11 @@ def _work(run: JobRun) -> Register:
     auto = _auto_options(req)
     warm_versions = []
     if auto is not None:
-        warm_versions = _warm_start_versions(ctx, req, f_v, g_s_v)
+        with ctx.sessionmaker() as session:
+            warm_versions = warm_start_versions(
+                session, task=req["task"], category=req["category"], category_module=f_v,
+                student_task_module=g_s_v, limit=MAX_WARM_STARTS,
+            )
     try:
         x_np, y_np = load_arrays(ctx.store, dataset)
     except (OSError, ValueError) as exc:
@@ -228,47 +184,33 @@ def _work(run: JobRun) -> Register:
     run.report(stage="registering", **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
 
     def register(session: Session) -> dict:
-        module = _adapter_module(session, req)
+        module = result_module(
+            session, req["result_module"], "adapter", category=req["category"], task=req["task"],
+            description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
+            what="the adapter",
+        )
         parents = [{**version_ref(versions[field]), "role": role} for field, role in ROLES]
         if "reference_category_module" in versions:
             parents.append({**version_ref(versions["reference_category_module"]), "role": "reference"})
         if warm_name in warm_refs:
             parents.append({**warm_refs[warm_name], "role": "warm_start"})
-        with tempfile.TemporaryDirectory(prefix="graft-adapter-") as tmp:
-            path = Path(tmp) / "adapter.safetensors"
-            path.write_bytes(weights)
-            sha256 = file_sha256(path)[0]
-            run.on_rollback.append(lambda s: discard_orphan(s, ctx.store, sha256))
-            version, _created = add_version(
-                session, ctx.store, ctx.settings, module=module, file_path=path,
-                meta={
-                    "format": "safetensors",
-                    "input_shape": list(f_v.output_shape),
-                    "arch": spec,
-                    "trained_on": [req["category"]],
-                    "metrics": metrics,
-                    "description": (
-                        f"{req['method']} adapter {req['category']} → {req['task']} learned by job "
-                        f"{run.job_id} on dataset {dataset.id}"
-                    ),
-                },
-                parents=parents, job_id=run.job_id, job_role="adapter", sha256=sha256,
-            )
+        version = register_artifact(
+            run, session, module=module, data=weights, filename="adapter.safetensors", job_role="adapter",
+            parents=parents, meta={
+                "format": "safetensors",
+                "input_shape": list(f_v.output_shape),
+                "arch": spec,
+                "trained_on": [req["category"]],
+                "metrics": metrics,
+                "description": (
+                    f"{req['method']} adapter {req['category']} → {req['task']} learned by job "
+                    f"{run.job_id} on dataset {dataset.id}"
+                ),
+            },
+        )
         return {"adapter": version_ref(version), "metrics": metrics}
 
     return register
-
-
-def _adapter_module(session: Session, req: dict):  # noqa: ANN202
-    """The adapter module named by the request, created (kind adapter) when missing."""
-    name = req["result_module"]
-    module = get_or_create_module(
-        session, name=name, kind="adapter", category=req["category"], task=req["task"],
-        description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
-    )
-    if module.kind != "adapter":
-        raise JobFailed(f"Module {name!r} is a {module.kind} module; no adapter can be registered into it.")
-    return module
 
 
 def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:

@@ -1,4 +1,6 @@
-"""The clients of the load run (bench/load.py): timed requests, fresh artifacts, what was accepted."""
+"""The bounded load run (bench/load.py; tests/hardening/test_load.py runs a short one): mixed clients
+against the whole stack (timed requests, fresh artifacts, what was accepted), then the checks that
+nothing was lost."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import copy
 import hashlib
 import io
 import json
+import os
 import pickle
 import random
 import statistics
@@ -13,15 +16,19 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import numpy as np
 import torch
 from torch import nn
 
-from bench.registry import TOKEN
-from tests.jobs.world import World
+from app.config import Settings
+from graft.local_server import LocalServer
+from support.workers import Workers, worker_env
+from support.world import World, make_world, transplant, wait_for
 
+TOKEN = "load-admin-token-0123456789"
 JOB = {"epochs": 1, "train": {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}}
 X_SHAPE = [None, 3, 6, 6]
 N_ADAPTER_MODULES = 3
@@ -236,3 +243,174 @@ class LoadRun:
 def _fmt(data: bytes) -> str:
     """The format of bytes this script made (torch_export archives hold `archive_format`)."""
     return "torch_export" if b"archive_format" in data else "torchscript"
+
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+def _all_items(c: httpx.Client, url: str) -> list[dict]:
+    items, cursor = [], None
+    while True:
+        resp = c.get(url, params={"limit": 200, **({"cursor": cursor} if cursor else {})})
+        resp.raise_for_status()
+        page = resp.json()
+        items += page["items"]
+        cursor = page.get("next_cursor")
+        if not cursor:
+            return items
+
+
+def setup(c: httpx.Client, n_modules: int = 4) -> tuple[World, str, list[str]]:
+    """The transplant world, one transplanted adapter and its cell composition, the upload targets."""
+    world = make_world(c, "load", n=16)
+    job = transplant(c, world, result_module="load-adapter-0", **JOB)
+    done = wait_for(c, job, lambda j: j["status"] in FINAL, timeout=180)
+    assert done["status"] == "succeeded", done
+    resp = c.post("/v1/compositions", json={"category": world.category, "task": "cls"})
+    resp.raise_for_status()
+    names = []
+    for k in range(n_modules):
+        c.post("/v1/modules", json={"name": f"load-up-{k}", "kind": "category", "category": f"loadc{k}"}
+               ).raise_for_status()
+        names.append(f"load-up-{k}")
+    return world, resp.json()["id"], names
+
+
+def drive(run: LoadRun, duration: float, counts: dict[str, int], think: dict[str, float]) -> dict:
+    """Run the clients for `duration` seconds; load averages sampled while they run."""
+    loads: list[float] = []
+
+    # Made here, one after another, before the clock starts: torch.export takes seconds and is not
+    # meant to run in several threads at once.
+    formats = ("torch_export", "torchscript")
+    makers = {i: [ArtifactMaker(f, run.seed + 10 * i + j) for j, f in enumerate(formats)]
+              for i in range(counts.get("uploader", 0))}
+
+    def loop(role: str, i: int) -> None:
+        rng = random.Random(f"{run.seed}-{role}-{i}")
+        mine = makers[i] if role == "uploader" else None
+        action = getattr(run, role)
+        with run.client() as c:
+            while time.monotonic() < deadline:
+                try:
+                    action(c, rng, mine) if mine else action(c, rng)
+                except Exception as exc:  # noqa: BLE001 - a client bug must show up, not stop the run
+                    run.stats.add(f"client {role}", None, 0.0, False, f"{type(exc).__name__}: {exc}")
+                time.sleep(think.get(role, 0.0))
+
+    threads = [threading.Thread(target=loop, args=(role, i), daemon=True)
+               for role, n in counts.items() for i in range(n)]
+    start = time.monotonic()
+    deadline = start + duration
+    for t in threads:
+        t.start()
+    while time.monotonic() < deadline:
+        loads.append(os.getloadavg()[0])
+        time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
+    for t in threads:
+        t.join()
+    return {"seconds": time.monotonic() - start, "load_average_during_max": max(loads, default=0.0),
+            "load_average_during_mean": statistics.fmean(loads) if loads else 0.0}
+
+
+def verify(run: LoadRun, drain_s: float) -> dict:
+    """Every accepted upload downloadable with its sha256; every accepted job final, once, one version."""
+    with run.client() as c:
+        deadline = time.monotonic() + drain_s
+        final: dict[str, dict] = {}
+        t0 = time.monotonic()
+        while True:
+            for job_id in run.jobs:
+                if job_id not in final:
+                    job = c.get(f"/v1/jobs/{job_id}").json()
+                    if job["status"] in FINAL:
+                        final[job_id] = job
+            if len(final) == len(run.jobs) or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        drained_s = time.monotonic() - t0
+        bad_sha = missing = 0
+        for up in run.uploads:
+            meta = c.get(f"/v1/modules/{up.name}/versions/{up.version}")
+            blob = c.get(f"/v1/modules/{up.name}/versions/{up.version}/artifact", follow_redirects=True)
+            if meta.status_code != 200 or blob.status_code != 200:
+                missing += 1
+            elif hashlib.sha256(blob.content).hexdigest() != up.sha256 or meta.json()["sha256"] != up.sha256:
+                bad_sha += 1
+        extra_versions = 0
+        for name in run.upload_modules:
+            stored = len(_all_items(c, f"/v1/modules/{name}/versions"))
+            extra_versions += stored - sum(u.name == name for u in run.uploads)
+        versions_by_job: Counter = Counter()
+        for k in range(N_ADAPTER_MODULES):
+            for v in _all_items(c, f"/v1/modules/load-adapter-{k}/versions"):
+                versions_by_job[v.get("job_id")] += 1
+    statuses = Counter(j["status"] for j in final.values())
+    succeeded = [j for j in final.values() if j["status"] == "succeeded"]
+    return {
+        "uploads_accepted": len(run.uploads), "uploads_missing": missing, "uploads_wrong_sha256": bad_sha,
+        "versions_not_accounted_for": extra_versions,
+        "jobs_accepted": len(run.jobs), "jobs_final": len(final),
+        "jobs_not_final": len(run.jobs) - len(final),
+        "jobs_by_status": dict(statuses), "drain_s": drained_s,
+        "jobs_run_more_than_once": sum(j["attempts"] != 1 for j in final.values()),
+        "succeeded_jobs_without_exactly_one_version": sum(versions_by_job[j["id"]] != 1 for j in succeeded),
+        "versions_of_odd_jobs": {j["id"]: versions_by_job[j["id"]] for j in succeeded
+                                 if versions_by_job[j["id"]] != 1},
+        "failed_job_errors": [j.get("error") for j in final.values() if j["status"] != "succeeded"][:5],
+    }
+
+
+def _tracebacks(log_text: str) -> list[str]:
+    """The tracebacks of a log: each up to its exception line (the first one not indented)."""
+    out = []
+    for part in log_text.split("Traceback (most recent call last):")[1:]:
+        lines = part.splitlines()[1:]
+        end = next((i for i, line in enumerate(lines) if line and not line[0].isspace()), len(lines) - 1)
+        out.append("\n".join(lines[max(0, end - 6):end + 1]))
+    return out
+
+
+def lost(checks: dict) -> int:
+    """Everything the loss checks count as lost or wrong (0 is the goal)."""
+    keys = ("uploads_missing", "uploads_wrong_sha256", "versions_not_accounted_for", "jobs_not_final",
+            "jobs_run_more_than_once", "succeeded_jobs_without_exactly_one_version")
+    failed = sum(n for s, n in checks["jobs_by_status"].items() if s != "succeeded")
+    return sum(abs(checks[k]) for k in keys) + failed
+
+
+def run_load(settings: Settings, workdir: Path, *, duration: float, counts: dict[str, int],
+             think: dict[str, float], workers: int = 1, drain_s: float = 300.0, seed: int = 0) -> dict:
+    """Start an API and `workers` worker processes on `settings`, drive the clients, verify; the record."""
+    env = {k: v for k, v in worker_env(settings).items() if k.startswith(("GRAFT_", "AWS_", "OMP_"))}
+    server = LocalServer(workdir / "api", token=TOKEN, env=env).start()
+    pool = Workers(settings, workdir)
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=120) as c:
+            for _ in range(workers):
+                pool.start()
+            world, composition, names = setup(c)
+        run = LoadRun(server.url, world, composition, names, seed)
+        before = os.getloadavg()[0]
+        timing = drive(run, duration, counts, think)
+        checks = verify(run, drain_s)
+        log_text = server.log_tail(100000) + "".join(w.log() for w in pool.running)
+    finally:
+        pool.stop_all()
+        server.stop()
+    routes = run.stats.summary()
+    requests = sum(r["requests"] for r in routes.values())
+    errors = sum(run.stats.errors.values())
+    return {
+        "duration_s": duration, "clients": counts, "think_s": think, "workers": workers,
+        "load_average_before": before, "load_average_after": os.getloadavg()[0], **timing,
+        "requests": requests, "errors": errors, "error_rate": errors / max(1, requests),
+        "error_samples": run.stats.samples, "expected_4xx": dict(run.stats.expected_4xx),
+        "routes": routes, "checks": checks, "lost": lost(checks),
+        "tracebacks_in_logs": log_text.count("Traceback (most recent call last)"),
+        "traceback_samples": _tracebacks(log_text)[:3],
+    }
+
+
+DEFAULT_THINK = {"uploader": 0.1, "reader": 0.02, "predictor": 0.02, "submitter": 0.5, "bad": 0.5}
