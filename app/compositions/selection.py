@@ -1,7 +1,13 @@
 """Which pieces serve a category × task cell: the rule behind cell compositions and the grid.
 
-Order of preference among candidate versions ("aliases first, then newest"): a version that any alias
-points at comes before one without an alias; among equals the newer (higher row id) comes first.
+Order of preference among category and task versions ("aliases first, then newest"): a version that
+any alias points at comes before one without an alias; among equals the newer (higher row id) comes
+first. Adapters of a cell (of every adapter module of the cell together) are ranked by the rule a user
+can check: **alias** (a version an alias points at, e.g. `production`), else the **best held-out
+metric** (teacher agreement on the job's held-out inputs, `metrics_on == "val"`), else the **newest**
+(no adapter has a held-out metric). A 2-epoch trial never displaces a better adapter by being newer.
+The rule that picked a cell is reported (`Pick.rule`, `Pick.reason`) by the grid and by cell
+compositions.
 
 A cell (c, t) is, in this order:
 - **transplanted** when an adapter module of (c, t) has a version whose lineage (or, without lineage,
@@ -39,6 +45,17 @@ class Pick:
     category: ModuleVersion
     adapter: ModuleVersion | None
     task: ModuleVersion
+    rule: str = "explicit"  # alias | best held-out metric | newest | native | explicit
+    reason: str = ""
+
+
+def held_out_score(v: ModuleVersion) -> float | None:
+    """Teacher agreement on the job's held-out inputs, or None (no held-out split, or no metric)."""
+    metrics = v.metrics or {}
+    score = metrics.get("teacher_agreement")
+    if metrics.get("metrics_on") != "val" or not isinstance(score, (int, float)):
+        return None
+    return float(score)
 
 
 @dataclass
@@ -48,6 +65,7 @@ class Candidates:
     categories: dict[str, list[ModuleVersion]]
     tasks: dict[str, list[ModuleVersion]]
     adapters: dict[tuple[str, str], list[ModuleVersion]]
+    aliased: frozenset[int] = frozenset()
 
     @classmethod
     def build(
@@ -56,6 +74,12 @@ class Candidates:
     ) -> Candidates:
         def order(versions: list[ModuleVersion]) -> list[ModuleVersion]:
             return sorted(versions, key=lambda v: (v.id in aliased, v.id), reverse=True)
+
+        def adapter_order(versions: list[ModuleVersion]) -> list[ModuleVersion]:
+            def key(v: ModuleVersion) -> tuple:
+                score = held_out_score(v)
+                return (v.id in aliased, score is not None, score or 0.0, v.id)
+            return sorted(versions, key=key, reverse=True)
 
         cats: dict[str, list[ModuleVersion]] = defaultdict(list)
         tasks: dict[str, list[ModuleVersion]] = defaultdict(list)
@@ -72,7 +96,8 @@ class Candidates:
         return cls(
             {k: order(v) for k, v in cats.items()},
             {k: order(v) for k, v in tasks.items()},
-            {k: order(v) for k, v in adapters.items()},
+            {k: adapter_order(v) for k, v in adapters.items()},
+            frozenset(aliased),
         )
 
 
@@ -82,7 +107,8 @@ def pick_native(cands: Candidates, category: str, task: str) -> Pick | None:
             continue
         for f in cands.categories.get(category, []):
             if list(f.output_shape) == list(g.input_shape):
-                return Pick("native", f, None, g)
+                return Pick("native", f, None, g, "native",
+                            "no adapter into a shared task module yet: the category's own teacher pair")
     return None
 
 
@@ -109,8 +135,21 @@ def pick_transplanted(cands: Candidates, category: str, task: str) -> Pick | Non
         f = next((f for f in f_pool if shapes_fit(f.output_shape, h.input_shape)), None)
         g = next((g for g in g_pool if shapes_fit(h.output_shape, g.input_shape)), None)
         if f is not None and g is not None:
-            return Pick("transplanted", f, h, g)
+            rule, reason = _why(cands, h, category, task)
+            return Pick("transplanted", f, h, g, rule, reason)
     return None
+
+
+def _why(cands: Candidates, h: ModuleVersion, category: str, task: str) -> tuple[str, str]:
+    name = f"{h.module.name}@{h.version}"
+    if h.id in cands.aliased:
+        return "alias", f"{name} is the version an alias points at"
+    score = held_out_score(h)
+    n = len(cands.adapters.get((category, task), []))
+    if score is not None:
+        return "best held-out metric", (f"{name} has teacher agreement {score:.3f} on held-out inputs, "
+                                        f"the best of {n} adapter version(s) of the cell")
+    return "newest", f"{name} is the newest of {n} adapter version(s); none has a held-out metric"
 
 
 def pick_cell(cands: Candidates, category: str, task: str) -> Pick | None:
