@@ -93,7 +93,7 @@ def emit_json(data: Any) -> None:
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # a narrow terminal wraps values, never cuts them
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     return t

@@ -65,11 +65,15 @@ def modules_show(ctx: typer.Context, name: str) -> None:
 
     def render(m: dict) -> Group:
         head = Text(f"{m['name']}  kind={m.get('kind')} category={m.get('category')} task={m.get('task')}")
-        rows = ((v.get("version"), v.get("format"), v.get("input_shape"), v.get("output_shape"),
-                 (v.get("sha256") or "")[:12], headline_metric(v.get("metrics")), v.get("created_at"))
+        def shape(s: list | None) -> str:
+            return ",".join("null" if d is None else str(d) for d in s) if s else ""
+
+        rows = ((v.get("version"), v.get("format"), shape(v.get("input_shape")), shape(v.get("output_shape")),
+                 headline_metric(v.get("metrics")), str(v.get("created_at"))[:10])
                 for v in m.get("versions") or [])
-        cols = ("version", "format", "input", "output", "sha256", "metric", "created")
-        return Group(head, table(None, cols, rows))
+        t = table(None, ("version", "format", "input", "output", "metric", "created"), rows)
+        t.columns[1].no_wrap = True
+        return Group(head, t)
 
     show(ctx, data, render)
 
@@ -305,9 +309,10 @@ def load_inputs(path: Path) -> np.ndarray:
     if head.startswith(b"PK"):  # a zip: an .npz dataset, or an exported module (.pt2 / .pt)
         try:
             with np.load(path, allow_pickle=False) as npz:
-                if "x" in npz.files:
+                arrays = all(n.endswith(".npy") for n in npz.zip.namelist())
+                if arrays and "x" in npz.files:
                     return npz["x"]
-                names = ", ".join(npz.files) or "none"
+                names = ", ".join(npz.files) or "none" if arrays else None
         except (ValueError, OSError):
             names = None
         if names is None:
