@@ -95,7 +95,7 @@ def run_real_demo(c: Client, *, size: str = "small", seed: int = 0, console: Con
     rows = [
         ("whole Lite0 (for scale)", "—", scores(*refs["lite0"]), None, "succeeded"),
         (
-            "Lite0's upper half, no adapter",
+            "no adapter (Lite0's upper half)",
             "—",
             scores(refs["lite1"][0], refs["lite0"][1]),
             None,
