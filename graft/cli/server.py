@@ -11,8 +11,8 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", envvar="GRAFT_HOST", help="Interface to listen on, e.g. 0.0.0.0."),
+    port: int = typer.Option(8000, envvar="GRAFT_PORT", help="Port to listen on, e.g. 8080."),
     workers: int = typer.Option(
         1, min=1, help="API processes sharing the port (needs GRAFT_BROKER_URL when more than 1)."
     ),

@@ -275,6 +275,8 @@ def compose(
     adapter: str = typer.Option(None, help="The adapter h between them, e.g. bird-cls-distillation@2 "
                                 "(none: native)."),
     task_module: str = typer.Option(None, help="The task module g, e.g. cls@1."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the composition's id, for "
+                               "scripts: COMP=$(graft compose --category bird --task cls -q)."),
 ) -> None:
     """Compose a category × task cell (or explicit modules) into a callable network.
 
@@ -292,6 +294,9 @@ def compose(
             data = c.compose(category_module=category_module, adapter=adapter, task_module=task_module)
         else:
             data = c.compose(category, task)
+    if quiet:
+        out.print(data["id"], highlight=False)
+        return
 
     def render(d: dict) -> str:
         line = f"composition {d['id']}: {d.get('input_shape')} → {d.get('output_shape')}"
