@@ -37,4 +37,6 @@ def test_compose_and_predict(api, artifacts, tmp_path: Path) -> None:
         "metrics": {"agreement": 1}, "category_module": {"name": "bird-f", "version": 1},
         "adapter": {"name": "bird-h", "version": 1}, "task_module": {"name": "generic", "version": 1},
         "job_id": None,
+        "selection": {"rule": "newest",
+                      "reason": "bird-h@1 is the newest of 1 adapter version(s); none has a held-out metric"},
     }]
