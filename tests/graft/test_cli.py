@@ -137,6 +137,9 @@ def test_token_create_asks_the_server_with_the_bootstrap_token(graft_server: Loc
     assert no_token.returncode == 2 and "GRAFT_BOOTSTRAP_TOKEN" in flat(no_token.stderr)
     writer = graft(graft_server, "token", "create", token=token)  # a write token is not an admin
     assert writer.returncode == 1 and "403" in writer.stderr and "GRAFT_BOOTSTRAP_TOKEN" in writer.stderr
+    none = subprocess.run([*GRAFT, "modules", "ls"], env={**_env(graft_server), "GRAFT_TOKEN": ""},
+                          capture_output=True, text=True, timeout=120)
+    assert none.returncode == 1 and "401" in none.stderr and "set GRAFT_TOKEN" in flat(none.stderr)
     wrong = graft(graft_server, "modules", "ls", token="not-a-token")
     assert wrong.returncode == 1 and "401" in wrong.stderr and "GRAFT_BOOTSTRAP_TOKEN" in wrong.stderr
 
