@@ -4,8 +4,10 @@ Order of preference among category and task versions ("aliases first, then newes
 any alias points at comes before one without an alias; among equals the newer (higher row id) comes
 first. Adapters of a cell (of every adapter module of the cell together) are ranked by the rule a user
 can check: **alias** (a version an alias points at, e.g. `production`), else the **best held-out
-metric** (teacher agreement on the job's held-out inputs, `metrics_on == "val"`), else the **newest**
-(no adapter has a held-out metric). A 2-epoch trial never displaces a better adapter by being newer.
+metric** (teacher agreement on the job's held-out inputs, `metrics_on == "val"`, ranked by the lower
+end of its 95 % interval so that a score on a handful of inputs does not win by luck), else the
+**newest** (no adapter has a held-out metric). A 2-epoch trial never displaces a better adapter by
+being newer.
 The rule that picked a cell is reported (`Pick.rule`, `Pick.reason`) by the grid and by cell
 compositions.
 
@@ -30,6 +32,7 @@ stays reachable as an explicit composition, and serves the cell until an adapter
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -49,13 +52,29 @@ class Pick:
     reason: str = ""
 
 
-def held_out_score(v: ModuleVersion) -> float | None:
-    """Teacher agreement on the job's held-out inputs, or None (no held-out split, or no metric)."""
+def held_out_agreement(v: ModuleVersion) -> tuple[float, int] | None:
+    """(teacher agreement, inputs) on the job's held-out split, or None (no split, or no metric)."""
     metrics = v.metrics or {}
-    score = metrics.get("teacher_agreement")
+    score, n = metrics.get("teacher_agreement"), metrics.get("n_val")
     if metrics.get("metrics_on") != "val" or not isinstance(score, (int, float)):
         return None
-    return float(score)
+    return float(score), int(n) if isinstance(n, int) and n > 0 else 1
+
+
+def held_out_score(v: ModuleVersion) -> float | None:
+    """The lower end of the 95 % Wilson interval of the held-out agreement, or None.
+
+    An agreement of 1.0 measured on 2 held-out inputs (a 10-label job's split) must not outrank 0.85
+    measured on 26: the bound is 0.34 against 0.67.
+    """
+    found = held_out_agreement(v)
+    if found is None:
+        return None
+    p, n = found
+    z = 1.96
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
 
 
 @dataclass
@@ -144,11 +163,12 @@ def _why(cands: Candidates, h: ModuleVersion, category: str, task: str) -> tuple
     name = f"{h.module.name}@{h.version}"
     if h.id in cands.aliased:
         return "alias", f"{name} is the version an alias points at"
-    score = held_out_score(h)
+    found, bound = held_out_agreement(h), held_out_score(h)
     n = len(cands.adapters.get((category, task), []))
-    if score is not None:
-        return "best held-out metric", (f"{name} has teacher agreement {score:.3f} on held-out inputs, "
-                                        f"the best of {n} adapter version(s) of the cell")
+    if found is not None and bound is not None:
+        return "best held-out metric", (
+            f"{name} has teacher agreement {found[0]:.3f} on {found[1]} held-out inputs (at least "
+            f"{bound:.3f} at 95 % confidence), the best of {n} adapter version(s) of the cell")
     return "newest", f"{name} is the newest of {n} adapter version(s); none has a held-out metric"
 
 

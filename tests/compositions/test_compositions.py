@@ -128,9 +128,11 @@ def test_cell_picks_the_best_held_out_adapter_not_the_newest_and_says_why(served
     make_module(served, "egret-f", "category", category="egret")
     upload(served, "egret-f", artifacts.f_ts, "torchscript", X_SHAPE)
     register_adapter(served, artifacts, category="egret", name="egret-good",
-                     metrics={"teacher_agreement": 0.769, "metrics_on": "val"})
+                     metrics={"teacher_agreement": 0.769, "metrics_on": "val", "n_val": 26})
     register_adapter(served, artifacts, category="egret", name="egret-trial",
-                     metrics={"teacher_agreement": 0.0, "metrics_on": "val"})
+                     metrics={"teacher_agreement": 0.0, "metrics_on": "val", "n_val": 26})
+    register_adapter(served, artifacts, category="egret", name="egret-ten-labels",  # 1.0 on 2 inputs: luck
+                     metrics={"teacher_agreement": 1.0, "metrics_on": "val", "n_val": 2})
     register_adapter(served, artifacts, category="egret", name="egret-no-split",
                      metrics={"teacher_agreement": 1.0, "metrics_on": "train"})
 
@@ -139,7 +141,8 @@ def test_cell_picks_the_best_held_out_adapter_not_the_newest_and_says_why(served
     body = resp.json()
     assert body["adapter"] == {"name": "egret-good", "version": 1}
     assert body["selection"]["rule"] == "best held-out metric"
-    assert "0.769" in body["selection"]["reason"] and "3 adapter" in body["selection"]["reason"]
+    assert "0.769 on 26 held-out inputs" in body["selection"]["reason"]
+    assert "4 adapter" in body["selection"]["reason"]
     cell = next(c for c in served.get("/v1/grid").json()["cells"]
                 if (c["category"], c["task"]) == ("egret", "classify"))
     assert cell["adapter"] == body["adapter"] and cell["metrics"]["teacher_agreement"] == 0.769
