@@ -251,7 +251,10 @@ def render_grid(g: dict):
             cell = cells.get((cat, task)) or {"status": "missing"}
             status = cell.get("status", "missing")
             metric = headline_metric(cell.get("metrics"))
-            row.append(Text(status + (f"\n{metric}" if metric else ""), style=STATUS_STYLE.get(status, "")))
+            rule = (cell.get("selection") or {}).get("rule")
+            picked = f"\npicked: {rule}" if rule and rule not in ("native", "explicit") else ""
+            row.append(Text(status + (f"\n{metric}" if metric else "") + picked,
+                            style=STATUS_STYLE.get(status, "")))
         t.add_row(*row)
     return t
 

@@ -214,3 +214,12 @@ def test_compose_by_options_and_predict_refuses_what_is_not_a_batch(graft_server
         refused = graft(graft_server, "predict", body["id"], str(path))
         assert refused.returncode == 2 and says in flat(refused.stderr), refused.stderr
         assert "Traceback" not in refused.stderr and "allow_pickle" not in refused.stderr
+
+
+def test_token_create_names_the_server_with_its_own_option(graft_server: LocalServer) -> None:
+    """What the 401 message advises works as written: `graft token create --server URL`."""
+    env = {**_env(graft_server), "GRAFT_URL": f"http://127.0.0.1:{free_port()}"}  # the wrong default
+    made = subprocess.run([*GRAFT, "token", "create", "--server", graft_server.url], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr
+    assert graft(graft_server, "modules", "ls", token=made.stdout.strip()).returncode == 0
