@@ -105,7 +105,7 @@ def modules_push(
     kind: str = typer.Option(..., help="What the file is: category (f), task (g) or adapter (h), "
                              "e.g. --kind category."),
     input_shape: str = typer.Option(..., help="The input's shape, null for the batch dimension, "
-                                    "e.g. --input-shape null,3,32,32 (JSON [null, 3, 32, 32] works too)."),
+                                    "e.g. --input-shape null,3,32,32 (JSON \\[null, 3, 32, 32] works too)."),
     name: str = typer.Option(None, help="Module name, created when new; default: the file name without "
                              "its suffix (bird-f.pt2 → bird-f)."),
     format: str = typer.Option(None, help="torch_export | torchscript | safetensors; default from the "
