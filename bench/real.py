@@ -112,6 +112,13 @@ def run(mode: str = "full", seed: int = 0, methods: tuple[str, ...] | None = Non
     }
 
 
+def predict_overhead(sides: tuple[int, ...]) -> list[str]:
+    """Whole Lite0 composed through the API: predict latency of one image against its bare forward."""
+    from bench.gpu import _real_latency
+
+    return [_real_latency(torch.device("cpu"), {"real_side": side}) for side in sides]
+
+
 def write_report(result: dict, out: Path) -> str:
     """bench/results/real.md: the table, the settings and the goals as they came out."""
     s, rows = result["settings"], result["rows"]
@@ -159,6 +166,8 @@ def write_report(result: dict, out: Path) -> str:
             f"- 0 labels ≥ 100 labels (held-out images top-1): {a:.3f} vs {b:.3f}, "
             f"**{'met' if a >= b else 'missed'}**."
         )
+    if result.get("serving"):
+        lines += ["", "## Serving the real network", "", *(f"- {line}" for line in result["serving"])]
     lines += [
         "",
         "The cost of one step of each method at larger batches is in `bench/results/science.md`'s "
@@ -199,9 +208,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="minutes-long smoke run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for real.md, real.json, real.png")
+    ap.add_argument("--no-serving", action="store_true", help="skip the predict-overhead measurement")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     result = run("quick" if args.quick else "full", seed=args.seed)
+    if not args.no_serving:
+        result["serving"] = predict_overhead((64,) if args.quick else (128, 224))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "real.json").write_text(json.dumps(result, indent=1))
     print(write_report(result, args.out / "real.md"))

@@ -105,6 +105,17 @@ def _objective(method: str, h: nn.Module, g_s: Module, g_t: Module, cfg: TrainCo
     return obj
 
 
+def _anchored(obj: Callable, h: nn.Module, weight: float, scale: torch.Tensor) -> Callable:
+    """obj on the batch without its last column (the reference's features), plus the anchor term."""
+
+    def anchored(batch: Sequence[torch.Tensor]) -> dict:
+        out = obj(batch[:-1])
+        anchor = torch.nn.functional.mse_loss(h(batch[0]), batch[-1]) / scale
+        return {**out, "loss": out["loss"] + weight * anchor, "loss_anchor": anchor}
+
+    return anchored
+
+
 def check_inputs(method: str, x: torch.Tensor, y: torch.Tensor | None) -> None:
     """Refuse an unknown method, a supervised run without labels, or labels that do not match x."""
     if method not in METHODS:
@@ -195,6 +206,9 @@ def run_transplant(
             curvature = False
             data = val_cols = [feats, y_t, labels]
         obj = _objective(method, h, g_student, g_teacher, cfg, gen, curvature)
+        if target is not None and cfg.anchor > 0:
+            obj = _anchored(obj, h, cfg.anchor, target.var().clamp_min(1e-8))
+            data, val_cols = data + [target], val_cols + [target]
         train_data = [t[tr_idx] for t in data]
         val_data = [t[va_idx] for t in val_cols] if len(va_idx) else None
         trainer = Trainer(h, obj, cfg, callbacks=callbacks, should_stop=should_stop)

@@ -39,6 +39,10 @@ class TrainOptions(BaseModel):
     )
     temperature: float | None = Field(None, gt=0, le=100, description='Softmax temperature of "kl" (2).')
     probe_dist: Literal["rademacher", "gaussian"] | None = None
+    anchor: float | None = Field(
+        None, ge=0, le=1000, description="With reference_category_module: weight of the term keeping the "
+        "adapter's output near the reference's features (default 1; 0 = the stitch is only the start)."
+    )
     grad_clip: float | None = Field(None, gt=0)
 
 

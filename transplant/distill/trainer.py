@@ -70,6 +70,10 @@ class TrainConfig:
     "mse" for anything else)."""
     temperature: float = 2.0
     """Softmax temperature of the "kl" output loss."""
+    anchor: float = 1.0
+    """With a reference category module: weight of the term that keeps h(f(x)) near the reference's
+    features (mean squared error ÷ their variance), so the adapter stays close to what g_S natively takes
+    and generalises beyond the training inputs (docs/real-networks.md); no effect without a reference."""
     probe_dist: str = "rademacher"
     """Distribution of the probes v: "rademacher" or "gaussian" (both have E[v vᵀ] = I)."""
     grad_clip: float | None = 10.0
