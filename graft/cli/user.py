@@ -151,11 +151,21 @@ def modules_pull(ctx: typer.Context, ref: str = typer.Argument(..., help="name@N
 # -- datasets ---------------------------------------------------------------------------------------
 @datasets_app.command("push")
 @handles_errors
-def datasets_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False),
-                  name: str = typer.Option(...), category: str = typer.Option(None)) -> None:
+def datasets_push(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="An .npz with x (and y), e.g. crops.npz."),
+    name: str = typer.Option(..., help="A label, e.g. --name crops."),
+    category: str = typer.Option(None, help="The category of its inputs, e.g. --category bird."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the dataset's id, for scripts: "
+                               "DATA=$(graft datasets push crops.npz --name crops -q)."),
+) -> None:
     """Upload an .npz file (array x, optional y) as a dataset."""
     with opts(ctx).client() as c:
         data = c.push_dataset_file(file, name=name, category=category)
+    if quiet:
+        out.print(data["id"], highlight=False)
+        return
     show(ctx, data, lambda d: f"dataset {d['id']} ({d.get('n')} samples of {d.get('input_shape')})")
 
 
