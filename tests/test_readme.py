@@ -98,6 +98,7 @@ def test_every_command_in_the_readme_runs_as_written(tmp_path: Path) -> None:
     out = run.stdout
     assert "top-1 agreement with Lite1" in out and "best held-out metric: " in out
     assert (work / "outputs.npy").exists() and (work / "photo-f.pt2").exists()
+    assert "photo" in out and "transplanted" in out  # the grid after the shell's own transplant
 
 
 def _wait_for(url: str, procs: list[subprocess.Popen], tmp_path: Path, timeout: float = 120) -> None:

@@ -169,7 +169,7 @@ def _why(cands: Candidates, h: ModuleVersion, category: str, task: str) -> tuple
         return "best held-out metric", (
             f"{name} has teacher agreement {found[0]:.3f} on {found[1]} held-out inputs (at least "
             f"{bound:.3f} at 95 % confidence), the best of {n} adapter version(s) of the cell")
-    return "newest", f"{name} is the newest of {n} adapter version(s); none has a held-out metric"
+    return "newest", f"{name} is the newest adapter version without a held-out metric ({n} in the cell)"
 
 
 def pick_cell(cands: Candidates, category: str, task: str) -> Pick | None:

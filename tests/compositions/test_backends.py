@@ -38,5 +38,6 @@ def test_compose_and_predict(api, artifacts, tmp_path: Path) -> None:
         "adapter": {"name": "bird-h", "version": 1}, "task_module": {"name": "generic", "version": 1},
         "job_id": None,
         "selection": {"rule": "newest",
-                      "reason": "bird-h@1 is the newest of 1 adapter version(s); none has a held-out metric"},
+                      "reason": "bird-h@1 is the newest adapter version without a held-out metric "
+                                "(1 in the cell)"},
     }]
