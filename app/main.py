@@ -52,6 +52,8 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
         description="A registry of transplantable neural-network modules: category modules, task "
         "modules and adapters learned by back-distillation, composed on request.",
         lifespan=lifespan,
+        docs_url=None,  # /docs is app/web's: Swagger UI from local files, not a CDN
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.engine = engine

@@ -16,7 +16,7 @@ METRIC_KEYS = ("accuracy", "task_metric", "teacher_agreement", "val_loss")
 def table(title: str | None, columns: Iterable[str], rows: Iterable[Iterable[Any]]) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     for col in columns:
-        t.add_column(col)
+        t.add_column(col, overflow="fold")  # a narrow terminal wraps values, never cuts them
     for row in rows:
         t.add_row(*("" if v is None else str(v) for v in row))
     return t
@@ -29,10 +29,14 @@ def fmt_metric(value: Any) -> str:
 
 
 def headline_metric(metrics: dict | None) -> str:
-    """The one number worth showing in a cell: accuracy first, then agreement with the teacher."""
+    """The one number worth showing in a cell: accuracy first, then agreement with the teacher.
+
+    A job's figures are on its held-out split; without one they are on its training inputs, and say so.
+    """
     for key in METRIC_KEYS:
         if metrics and isinstance(metrics.get(key), (int, float)):
-            return f"{key.replace('_', ' ')} {fmt_metric(float(metrics[key]))}"
+            where = " (train inputs)" if metrics.get("metrics_on") == "train" else ""
+            return f"{key.replace('_', ' ')} {fmt_metric(float(metrics[key]))}{where}"
     return ""
 
 
@@ -47,6 +51,9 @@ def render_grid(g: dict) -> Table:
             cell = cells.get((cat, task)) or {"status": "missing"}
             status = cell.get("status", "missing")
             metric = headline_metric(cell.get("metrics"))
-            row.append(Text(status + (f"\n{metric}" if metric else ""), style=STATUS_STYLE.get(status, "")))
+            rule = (cell.get("selection") or {}).get("rule")
+            picked = f"\npicked: {rule}" if rule and rule not in ("native", "explicit") else ""
+            row.append(Text(status + (f"\n{metric}" if metric else "") + picked,
+                            style=STATUS_STYLE.get(status, "")))
         t.add_row(*row)
     return t

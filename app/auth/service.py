@@ -66,10 +66,17 @@ def authenticate(session: Session, raw: str | None, *, bootstrap: str | None) ->
     token = repository.get_by_hash(session, hash_token(raw))
     now = datetime.now(UTC)
     if token is None or token.revoked_at is not None:
-        raise Unauthorized("Invalid or revoked token; create one with `graft token create`.")
+        raise Unauthorized(
+            "Invalid or revoked token. Send a token this server issued (an admin creates one with "
+            "`GRAFT_TOKEN=<admin token> graft token create --server <this server>`) or, on a fresh install, "
+            "the server's GRAFT_BOOTSTRAP_TOKEN."
+        )
     expires = token.expires_at
     if expires is not None and (expires if expires.tzinfo else expires.replace(tzinfo=UTC)) <= now:
-        raise Unauthorized("This token has expired; create a new one with `graft token create`.")
+        raise Unauthorized(
+            "This token has expired; an admin creates a new one with "
+            "`GRAFT_TOKEN=<admin token> graft token create --server <this server>`."
+        )
     return Principal(token_id=token.id, scopes=expand_scopes(token.scopes))
 
 

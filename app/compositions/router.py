@@ -59,11 +59,11 @@ def create_composition(body: CompositionCreate, session: SessionDep, _: WriteAut
 
     201 for a new composition; 200 with the existing one when exactly these versions were composed before.
     """
-    composition, created = service.create_composition(session, body)
+    composition, created, selection = service.create_composition(session, body)
     session.commit()
     if not created:
         response.status_code = 200
-    return service.read_many(session, [composition])[0]
+    return service.read_many(session, [composition])[0].model_copy(update={"selection": selection})
 
 
 def _decode_after(cursor: str | None) -> tuple[datetime, str] | None:

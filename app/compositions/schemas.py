@@ -59,6 +59,13 @@ class CompositionCreate(BaseModel):
         return self.category is not None
 
 
+class Selection(BaseModel):
+    """Why a cell is served by these pieces (app/compositions/selection.py)."""
+
+    rule: Literal["alias", "best held-out metric", "newest", "native", "explicit"]
+    reason: str
+
+
 class CompositionRead(BaseModel):
     """A composition pinned to exact versions."""
 
@@ -71,6 +78,8 @@ class CompositionRead(BaseModel):
     input_shape: list[int | None]
     output_shape: list[int | None]
     created_at: datetime
+    selection: Selection | None = Field(
+        None, description="Cell compositions, in the answer to POST: the rule that picked the pieces.")
 
 
 class CompositionPage(BaseModel):
@@ -93,11 +102,14 @@ class GridCell(BaseModel):
     task: str
     status: Literal["native", "transplanted", "running", "missing"]
     composition: str | None = Field(None, description="Id of the newest composition of this cell, if any.")
-    metrics: dict | None = Field(None, description="The adapter version's metrics (transplanted cells).")
+    metrics: dict | None = Field(None, description="The metrics of the adapter (transplanted cells) or task "
+                                 "module (native cells) a composition of this cell would serve.")
     category_module: VersionRef | None = None
     adapter: VersionRef | None = None
     task_module: VersionRef | None = None
     job_id: str | None = Field(None, description="The active transplant job of the cell (running cells).")
+    selection: Selection | None = Field(None, description="The rule that picked the pieces a composition "
+                                        "of this cell would get now.")
 
 
 class Grid(BaseModel):

@@ -1,7 +1,15 @@
 """Which pieces serve a category × task cell: the rule behind cell compositions and the grid.
 
-Order of preference among candidate versions ("aliases first, then newest"): a version that any alias
-points at comes before one without an alias; among equals the newer (higher row id) comes first.
+Order of preference among category and task versions ("aliases first, then newest"): a version that
+any alias points at comes before one without an alias; among equals the newer (higher row id) comes
+first. Adapters of a cell (of every adapter module of the cell together) are ranked by the rule a user
+can check: **alias** (a version an alias points at, e.g. `production`), else the **best held-out
+metric** (teacher agreement on the job's held-out inputs, `metrics_on == "val"`, ranked by the lower
+end of its 95 % interval so that a score on a handful of inputs does not win by luck), else the
+**newest** (no adapter has a held-out metric). A 2-epoch trial never displaces a better adapter by
+being newer.
+The rule that picked a cell is reported (`Pick.rule`, `Pick.reason`) by the grid and by cell
+compositions.
 
 A cell (c, t) is, in this order:
 - **transplanted** when an adapter module of (c, t) has a version whose lineage (or, without lineage,
@@ -24,6 +32,7 @@ stays reachable as an explicit composition, and serves the cell until an adapter
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -39,6 +48,33 @@ class Pick:
     category: ModuleVersion
     adapter: ModuleVersion | None
     task: ModuleVersion
+    rule: str = "explicit"  # alias | best held-out metric | newest | native | explicit
+    reason: str = ""
+
+
+def held_out_agreement(v: ModuleVersion) -> tuple[float, int] | None:
+    """(teacher agreement, inputs) on the job's held-out split, or None (no split, or no metric)."""
+    metrics = v.metrics or {}
+    score, n = metrics.get("teacher_agreement"), metrics.get("n_val")
+    if metrics.get("metrics_on") != "val" or not isinstance(score, (int, float)):
+        return None
+    return float(score), int(n) if isinstance(n, int) and n > 0 else 1
+
+
+def held_out_score(v: ModuleVersion) -> float | None:
+    """The lower end of the 95 % Wilson interval of the held-out agreement, or None.
+
+    An agreement of 1.0 measured on 2 held-out inputs (a 10-label job's split) must not outrank 0.85
+    measured on 26: the bound is 0.34 against 0.67.
+    """
+    found = held_out_agreement(v)
+    if found is None:
+        return None
+    p, n = found
+    z = 1.96
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(max(p * (1 - p), 0.0) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
 
 
 @dataclass
@@ -48,6 +84,7 @@ class Candidates:
     categories: dict[str, list[ModuleVersion]]
     tasks: dict[str, list[ModuleVersion]]
     adapters: dict[tuple[str, str], list[ModuleVersion]]
+    aliased: frozenset[int] = frozenset()
 
     @classmethod
     def build(
@@ -56,6 +93,12 @@ class Candidates:
     ) -> Candidates:
         def order(versions: list[ModuleVersion]) -> list[ModuleVersion]:
             return sorted(versions, key=lambda v: (v.id in aliased, v.id), reverse=True)
+
+        def adapter_order(versions: list[ModuleVersion]) -> list[ModuleVersion]:
+            def key(v: ModuleVersion) -> tuple:
+                score = held_out_score(v)
+                return (v.id in aliased, score is not None, score or 0.0, v.id)
+            return sorted(versions, key=key, reverse=True)
 
         cats: dict[str, list[ModuleVersion]] = defaultdict(list)
         tasks: dict[str, list[ModuleVersion]] = defaultdict(list)
@@ -72,7 +115,8 @@ class Candidates:
         return cls(
             {k: order(v) for k, v in cats.items()},
             {k: order(v) for k, v in tasks.items()},
-            {k: order(v) for k, v in adapters.items()},
+            {k: adapter_order(v) for k, v in adapters.items()},
+            frozenset(aliased),
         )
 
 
@@ -82,7 +126,8 @@ def pick_native(cands: Candidates, category: str, task: str) -> Pick | None:
             continue
         for f in cands.categories.get(category, []):
             if list(f.output_shape) == list(g.input_shape):
-                return Pick("native", f, None, g)
+                return Pick("native", f, None, g, "native",
+                            "no adapter into a shared task module yet: the category's own teacher pair")
     return None
 
 
@@ -109,8 +154,22 @@ def pick_transplanted(cands: Candidates, category: str, task: str) -> Pick | Non
         f = next((f for f in f_pool if shapes_fit(f.output_shape, h.input_shape)), None)
         g = next((g for g in g_pool if shapes_fit(h.output_shape, g.input_shape)), None)
         if f is not None and g is not None:
-            return Pick("transplanted", f, h, g)
+            rule, reason = _why(cands, h, category, task)
+            return Pick("transplanted", f, h, g, rule, reason)
     return None
+
+
+def _why(cands: Candidates, h: ModuleVersion, category: str, task: str) -> tuple[str, str]:
+    name = f"{h.module.name}@{h.version}"
+    if h.id in cands.aliased:
+        return "alias", f"{name} is the version an alias points at"
+    found, bound = held_out_agreement(h), held_out_score(h)
+    n = len(cands.adapters.get((category, task), []))
+    if found is not None and bound is not None:
+        return "best held-out metric", (
+            f"{name} has teacher agreement {found[0]:.3f} on {found[1]} held-out inputs (at least "
+            f"{bound:.3f} at 95 % confidence), the best of {n} adapter version(s) of the cell")
+    return "newest", f"{name} is the newest adapter version without a held-out metric ({n} in the cell)"
 
 
 def pick_cell(cands: Candidates, category: str, task: str) -> Pick | None:

@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from app.compositions import repository
 from app.compositions.runtime import Piece, ServingSpec
-from app.compositions.schemas import CompositionCreate, CompositionRead, Grid, GridCell, VersionRef
+from app.compositions.schemas import CompositionCreate, CompositionRead, Grid, GridCell, Selection, VersionRef
 from app.compositions.selection import Candidates, Pick, pick_cell
 from app.errors import NotFound, Unprocessable
 from app.models import Composition, ModuleVersion
@@ -64,8 +64,8 @@ def _resolve_explicit(session: Session, body: CompositionCreate) -> Pick:
     return Pick("transplanted" if h is not None else "native", f, h, g)
 
 
-def create_composition(session: Session, body: CompositionCreate) -> tuple[Composition, bool]:
-    """A composition of a cell or of explicit pieces, pinned to exact versions; (row, created)."""
+def create_composition(session: Session, body: CompositionCreate) -> tuple[Composition, bool, Selection]:
+    """A composition of a cell or of explicit pieces, pinned to exact versions; (row, created, why)."""
     if body.is_cell:
         pick = _pick_for_cell(session, body.category, body.task)
     else:
@@ -82,8 +82,9 @@ def create_composition(session: Session, body: CompositionCreate) -> tuple[Compo
     existing = repository.find_by_versions(
         session, category_version_id=f.id, adapter_version_id=h.id if h else None, task_version_id=g.id
     )
+    selection = Selection(rule=pick.rule, reason=pick.reason or "the pieces named in the request")
     if existing is not None:
-        return existing, False
+        return existing, False, selection
     composition = Composition(
         id=str(uuid.uuid4()),
         category_version_id=f.id,
@@ -96,7 +97,7 @@ def create_composition(session: Session, body: CompositionCreate) -> tuple[Compo
     )
     session.add(composition)
     session.flush()
-    return composition, True
+    return composition, True, selection
 
 
 def get_composition(session: Session, composition_id: str) -> Composition:
@@ -178,6 +179,7 @@ def grid(session: Session) -> Grid:
                 )
                 metrics = (pick.adapter or pick.task).metrics
                 cell.metrics = dict(metrics) if metrics else None
+                cell.selection = Selection(rule=pick.rule, reason=pick.reason)
             elif (c, t) in jobs:
                 cell.status = "running"
             cell.job_id = jobs.get((c, t))

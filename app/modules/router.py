@@ -102,7 +102,9 @@ def get_module(name: str, session: SessionDep, _: ReadAuth) -> Response:
     base = _module_read(module, versions[-1].version if versions else None)
     return _json(ModuleDetail(
         **base.model_dump(),
-        versions=[VersionSummary(version=v.version, sha256=v.sha256, format=v.format, created_at=v.created_at)
+        versions=[VersionSummary(version=v.version, sha256=v.sha256, format=v.format,
+                                 input_shape=v.input_shape, output_shape=v.output_shape,
+                                 metrics=v.metrics or {}, created_at=v.created_at)
                   for v in versions],
         aliases=repository.aliases_of_module(session, module.id),
     ))

@@ -83,6 +83,9 @@ class VersionSummary(BaseModel):
     version: int
     sha256: str
     format: str
+    input_shape: list[int | None]
+    output_shape: list[int | None]
+    metrics: dict[str, Any] = Field(default_factory=dict)
     created_at: datetime
 
 

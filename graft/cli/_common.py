@@ -67,7 +67,12 @@ def handles_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except GraftError as exc:
-            err.print(f"[red]error[/red] ({exc.status or 'no answer'}): {exc.detail}", highlight=False)
+            hint = ""
+            if exc.status == 401 and not _token_given(args, kwargs):
+                hint = (" (this command sent no token: set GRAFT_TOKEN, or pass --token; a fresh "
+                        "server's first token comes from "
+                        "`GRAFT_TOKEN=<its GRAFT_BOOTSTRAP_TOKEN> graft token create`)")
+            err.print(f"[red]error[/red] ({exc.status or 'no answer'}): {exc.detail}{hint}", highlight=False)
             raise typer.Exit(EXIT_SERVER) from None
         except JobFailed as exc:
             job = exc.job
@@ -77,6 +82,11 @@ def handles_errors(fn: F) -> F:
             raise typer.Exit(EXIT_SERVER) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _token_given(args: tuple, kwargs: dict) -> bool:
+    ctx = kwargs.get("ctx") or next((a for a in args if isinstance(a, typer.Context)), None)
+    return bool(ctx and opts(ctx).token)
 
 
 def _json_wanted(args: tuple, kwargs: dict) -> bool:

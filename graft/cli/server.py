@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
@@ -9,8 +11,8 @@ token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
 
 
 def serve(
-    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
-    port: int = typer.Option(8000, help="Port to listen on."),
+    host: str = typer.Option("127.0.0.1", envvar="GRAFT_HOST", help="Interface to listen on, e.g. 0.0.0.0."),
+    port: int = typer.Option(8000, envvar="GRAFT_PORT", help="Port to listen on, e.g. 8080."),
     workers: int = typer.Option(
         1, min=1, help="API processes sharing the port (needs GRAFT_BROKER_URL when more than 1)."
     ),
@@ -88,22 +90,86 @@ def db_upgrade() -> None:
 
 @token_app.command("create")
 def token_create(
-    scope: str = typer.Option("read", help="read, write or admin (admin ⊇ write ⊇ read)."),
-    name: str = typer.Option("cli", help="A label to recognise the token by."),
-    ttl_days: float | None = typer.Option(None, help="Expire after this many days (default: never)."),
+    ctx: typer.Context,
+    scope: str = typer.Option("read", help="read, write or admin (admin ⊇ write ⊇ read), "
+                              "e.g. --scope write."),
+    name: str = typer.Option("cli", help="A label to recognise the token by, e.g. --name alice-laptop."),
+    ttl_days: float | None = typer.Option(None, help="Expire after this many days (default: never), "
+                                          "e.g. --ttl-days 30."),
+    server: str = typer.Option(None, "--server", help="The server to ask, e.g. --server http://gpu1:8000 "
+                               "(default: --url / GRAFT_URL)."),
+    local: bool = typer.Option(False, "--local", help="Write into the server's database directly instead "
+                               "(on the server's machine, with its GRAFT_DATA_DIR or GRAFT_DATABASE_URL)."),
 ) -> None:
-    """Create a token and print it once (only its hash is stored)."""
+    """Create a token and print it once (only its hash is stored).
+
+    It asks the server (POST /v1/tokens) with an admin token: on a fresh install, the server's
+    GRAFT_BOOTSTRAP_TOKEN. Example: GRAFT_TOKEN=$BOOTSTRAP graft token create --scope write
+    """
+    if scope not in ("read", "write", "admin"):
+        raise typer.BadParameter(f"{scope!r} is not a scope: use read, write or admin", param_hint="--scope")
+    if local:
+        raw = _create_token_locally(scope, name, ttl_days)
+    else:
+        raw = _create_token_through_api(ctx, server, scope, name, ttl_days)
+    typer.echo(raw)
+
+
+def _create_token_through_api(ctx: typer.Context, server: str | None, scope: str, name: str,
+                              ttl_days: float | None) -> str:
+    from graft._http import GraftError
+    from graft.cli._common import opts
+    from graft.client import Client
+
+    options = opts(ctx)
+    url = server or options.url
+    if not options.token:
+        raise typer.BadParameter(
+            f"creating a token asks the server ({url}) with an admin token: set GRAFT_TOKEN to the value "
+            "of the server's GRAFT_BOOTSTRAP_TOKEN (or an admin token), or run `graft token create --local` "
+            "on the server's machine with its GRAFT_DATA_DIR", param_hint="GRAFT_TOKEN")
+    body = {"name": name, "scope": scope, **({"ttl_days": ttl_days} if ttl_days is not None else {})}
+    try:
+        with Client(url, options.token) as c:
+            return c._http.json("POST", "/v1/tokens", json=body)["token"]
+    except GraftError as exc:
+        hint = ""
+        if exc.status in (401, 403):
+            hint = (" (GRAFT_TOKEN must be the server's GRAFT_BOOTSTRAP_TOKEN or a token created with "
+                    "--scope admin)")
+        typer.echo(f"error ({exc.status or 'no answer'}): {exc.detail}{hint}", err=True)
+        raise typer.Exit(2 if exc.status == 422 else 1) from None
+
+
+def _create_token_locally(scope: str, name: str, ttl_days: float | None) -> str:
+    """Insert a token into the configured database; refuses one that is missing or was never migrated.
+
+    A missing database here means this shell is not configured like the server: creating one would
+    print a token the server never sees.
+    """
+    from sqlalchemy import inspect
+    from sqlalchemy.engine import make_url
+
     from app.auth.service import create_token
     from app.config import get_settings
-    from app.db import migrate
     from app.db.session import make_engine, make_sessionmaker
     from app.errors import GraftError
 
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url)
-    migrate.upgrade(engine)
+    url = settings.resolved_database_url
+    setting = "GRAFT_DATABASE_URL" if settings.database_url else "GRAFT_DATA_DIR"
+    where = setting if settings.database_url else f"GRAFT_DATA_DIR ({settings.data_dir.resolve()})"
+    advice = (f"set {setting} as the server has it, or create the token through the server: "
+              "GRAFT_TOKEN=<its GRAFT_BOOTSTRAP_TOKEN> graft token create")
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not (parsed.database and Path(parsed.database).exists()):
+        raise typer.BadParameter(f"there is no Graft database at {parsed.database}: {advice}",
+                                 param_hint="--local")
+    engine = make_engine(url)
     try:
+        if "api_tokens" not in inspect(engine).get_table_names():
+            raise typer.BadParameter(f"the database of {where} has no Graft tables (never served?): {advice}",
+                                     param_hint="--local")
         with make_sessionmaker(engine)() as session:
             _, raw = create_token(session, name=name, scopes=[scope], ttl_days=ttl_days)
             session.commit()
@@ -112,7 +178,7 @@ def token_create(
         raise typer.Exit(2) from None
     finally:
         engine.dispose()
-    typer.echo(raw)
+    return raw
 
 
 def gc(

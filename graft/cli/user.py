@@ -47,32 +47,67 @@ def modules_show(ctx: typer.Context, name: str) -> None:
 
     def render(m: dict) -> Group:
         head = Text(f"{m['name']}  kind={m.get('kind')} category={m.get('category')} task={m.get('task')}")
-        rows = ((v.get("version"), v.get("format"), v.get("input_shape"), v.get("output_shape"),
-                 (v.get("sha256") or "")[:12], headline_metric(v.get("metrics")), v.get("created_at"))
+        def shape(s: list | None) -> str:
+            return ",".join("null" if d is None else str(d) for d in s) if s else ""
+
+        rows = ((v.get("version"), v.get("format"), shape(v.get("input_shape")), shape(v.get("output_shape")),
+                 headline_metric(v.get("metrics")), str(v.get("created_at"))[:10])
                 for v in m.get("versions") or [])
-        cols = ("version", "format", "input", "output", "sha256", "metric", "created")
-        return Group(head, table(None, cols, rows))
+        t = table(None, ("version", "format", "input", "output", "metric", "created"), rows)
+        t.columns[1].no_wrap = True
+        return Group(head, t)
 
     show(ctx, data, render)
+
+
+FORMAT_BY_SUFFIX = {".pt2": "torch_export", ".pt": "torchscript", ".ts": "torchscript",
+                    ".safetensors": "safetensors"}
+
+
+def parse_shape(value: str) -> list[int | None]:
+    """An input shape written `null,3,32,32` (null or None = the batch dimension) or as a JSON list."""
+    text = value.strip()
+    try:
+        shape = json.loads(text if text.startswith("[") else f"[{text}]".replace("None", "null"))
+    except ValueError:
+        shape = None
+    if not (isinstance(shape, list) and shape and all(d is None or (isinstance(d, int) and d > 0)
+                                                      for d in shape)):
+        raise usage(f"--input-shape {value!r} is not a shape: write the sizes separated by commas with null "
+                    "for the batch dimension, e.g. null,3,32,32 (or JSON: [null, 3, 32, 32])")
+    return shape
 
 
 @modules_app.command("push")
 @handles_errors
 def modules_push(
     ctx: typer.Context,
-    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An exported artifact file."),
-    name: str = typer.Option(..., help="Module name (created when new)."),
-    kind: str = typer.Option(..., help="category | task | adapter"),
-    input_shape: str = typer.Option(..., help='JSON, null = batch dim, e.g. "[null, 3, 32, 32]".'),
-    format: str = typer.Option("torch_export", help="torch_export | torchscript | safetensors"),
-    category: str = typer.Option(None), task: str = typer.Option(None),
-    arch: str = typer.Option(None, help="JSON architecture spec (safetensors only)."),
-    description: str = typer.Option(None),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="An exported artifact file, e.g. bird-f.pt2 (graft.export writes one)."),
+    kind: str = typer.Option(..., help="What the file is: category (f), task (g) or adapter (h), "
+                             "e.g. --kind category."),
+    input_shape: str = typer.Option(..., help="The input's shape, null for the batch dimension, "
+                                    "e.g. --input-shape null,3,32,32 (JSON \\[null, 3, 32, 32] works too)."),
+    name: str = typer.Option(None, help="Module name, created when new; default: the file name without "
+                             "its suffix (bird-f.pt2 → bird-f)."),
+    format: str = typer.Option(None, help="torch_export | torchscript | safetensors; default from the "
+                               "suffix (.pt2 → torch_export, .pt → torchscript), e.g. --format torchscript."),
+    category: str = typer.Option(None, help="The category a category module reads, e.g. --category bird."),
+    task: str = typer.Option(None, help="The task a task module solves, e.g. --task cls."),
+    arch: str = typer.Option(None, help='safetensors only: the architecture as JSON, '
+                             'e.g. --arch \'{"arch": "conv", "layers": 2}\'.'),
+    description: str = typer.Option(None, help='Free text, e.g. --description "ResNet-18 up to layer3".'),
 ) -> None:
-    """Upload an artifact file as a new version of a module."""
-    shape = parse_json_option(input_shape, "--input-shape")
-    if not isinstance(shape, list):
-        raise usage('--input-shape must be a JSON list such as "[null, 3, 32, 32]"')
+    """Upload an artifact file as a new version of a module (the module is created when new).
+
+    Example: graft modules push bird-f.pt2 --kind category --category bird --input-shape null,3,32,32
+    """
+    shape = parse_shape(input_shape)
+    name = name or file.name.split(".", 1)[0]
+    format = format or FORMAT_BY_SUFFIX.get(file.suffix.lower())
+    if format is None:
+        raise usage(f"cannot tell the format of {file.name} from its suffix: "
+                    "add --format torch_export, torchscript or safetensors")
     meta = {"format": format, "input_shape": shape}
     if arch:
         meta["arch"] = parse_json_option(arch, "--arch")
@@ -98,11 +133,21 @@ def modules_pull(ctx: typer.Context, ref: str = typer.Argument(..., help="name@N
 # -- datasets ---------------------------------------------------------------------------------------
 @datasets_app.command("push")
 @handles_errors
-def datasets_push(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False),
-                  name: str = typer.Option(...), category: str = typer.Option(None)) -> None:
+def datasets_push(
+    ctx: typer.Context,
+    file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                help="An .npz with x (and y), e.g. crops.npz."),
+    name: str = typer.Option(..., help="A label, e.g. --name crops."),
+    category: str = typer.Option(None, help="The category of its inputs, e.g. --category bird."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the dataset's id, for scripts: "
+                               "DATA=$(graft datasets push crops.npz --name crops -q)."),
+) -> None:
     """Upload an .npz file (array x, optional y) as a dataset."""
     with opts(ctx).client() as c:
         data = c.push_dataset_file(file, name=name, category=category)
+    if quiet:
+        out.print(data["id"], highlight=False)
+        return
     show(ctx, data, lambda d: f"dataset {d['id']} ({d.get('n')} samples of {d.get('input_shape')})")
 
 
@@ -198,34 +243,87 @@ def grid(ctx: typer.Context) -> None:
 @handles_errors
 def compose(
     ctx: typer.Context,
-    category: str = typer.Argument(None), task: str = typer.Argument(None),
-    category_module: str = typer.Option(None), adapter: str = typer.Option(None),
-    task_module: str = typer.Option(None),
+    category: str = typer.Argument(None, help="The cell's category, e.g. bird (or --category bird)."),
+    task: str = typer.Argument(None, help="The cell's task, e.g. cls (or --task cls)."),
+    category_opt: str = typer.Option(None, "--category", help="The cell's category, e.g. --category bird."),
+    task_opt: str = typer.Option(None, "--task", help="The cell's task, e.g. --task cls."),
+    category_module: str = typer.Option(None, help="Explicit pieces instead: f, e.g. bird-f@1."),
+    adapter: str = typer.Option(None, help="The adapter h between them, e.g. bird-cls-distillation@2 "
+                                "(none: native)."),
+    task_module: str = typer.Option(None, help="The task module g, e.g. cls@1."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only the composition's id, for "
+                               "scripts: COMP=$(graft compose --category bird --task cls -q)."),
 ) -> None:
-    """Compose a category × task cell (or explicit modules) into a callable network."""
+    """Compose a category × task cell (or explicit modules) into a callable network.
+
+    Examples: graft compose --category bird --task cls;  graft compose bird cls;
+    graft compose --category-module bird-f@1 --adapter bird-cls-back-distillation --task-module cls@1
+    """
+    if (category and category_opt and category != category_opt) or (task and task_opt and task != task_opt):
+        raise usage("the category and task are given twice with different values")
+    category, task = category or category_opt, task or task_opt
     explicit = category_module is not None or task_module is not None
     if explicit == bool(category and task) or (explicit and not (category_module and task_module)):
-        raise usage("give CATEGORY TASK, or --category-module and --task-module (with --adapter)")
+        raise usage("give --category and --task, or --category-module and --task-module (with --adapter)")
     with opts(ctx).client() as c:
         if explicit:
             data = c.compose(category_module=category_module, adapter=adapter, task_module=task_module)
         else:
             data = c.compose(category, task)
-    show(ctx, data, lambda d: f"composition {d['id']}: {d.get('input_shape')} → {d.get('output_shape')}")
+    if quiet:
+        out.print(data["id"], highlight=False)
+        return
+
+    def render(d: dict) -> str:
+        line = f"composition {d['id']}: {d.get('input_shape')} → {d.get('output_shape')}"
+        chosen = d.get("selection") or {}
+        if chosen.get("rule"):
+            line += f"\n{chosen.get('rule')}: {chosen.get('reason') or ''}".rstrip(": ")
+        return line
+
+    show(ctx, data, render)
+
+
+def load_inputs(path: Path) -> np.ndarray:
+    """The input batch in `path`: an .npy array, or the `x` array of a dataset .npz; else a usage error."""
+    head = path.read_bytes()[:8]
+    if head.startswith(b"PK"):  # a zip: an .npz dataset, or an exported module (.pt2 / .pt)
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                arrays = all(n.endswith(".npy") for n in npz.zip.namelist())
+                if arrays and "x" in npz.files:
+                    return npz["x"]
+                names = ", ".join(npz.files) or "none" if arrays else None
+        except (ValueError, OSError):
+            names = None
+        if names is None:
+            raise usage(f"{path} is a zip file but not an .npz of arrays (an exported model? push it with "
+                        "`graft modules push`); predict takes an .npy batch or a dataset .npz with x")
+        raise usage(f"{path} has no array named x (it has: {names}); save the inputs with "
+                    "numpy.save('inputs.npy', x) or numpy.savez('data.npz', x=x)")
+    if not head.startswith(b"\x93NUMPY"):
+        raise usage(f"{path} is not a numpy file; save the inputs with numpy.save('inputs.npy', x) "
+                    "(float32, the batch dimension first)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise usage(f"{path} is not a readable .npy array of numbers ({exc})") from None
 
 
 @handles_errors
 def predict(
     ctx: typer.Context,
     composition_id: str,
-    inputs: Path = typer.Argument(..., exists=True, dir_okay=False, help="An .npy batch of inputs."),
-    output: Path = typer.Option(None, "--out", help="Write the outputs to this .npy file."),
+    inputs: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                  help="An .npy batch (numpy.save), or a dataset .npz (its x), "
+                                  "e.g. inputs.npy."),
+    output: Path = typer.Option(None, "--out", help="Write the outputs to this .npy file, e.g. --out y.npy."),
 ) -> None:
-    """Run a composition on an .npy batch; prints outputs (or writes them with --out)."""
-    try:
-        x = np.load(inputs, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise usage(f"{inputs} is not a readable .npy array ({exc})") from None
+    """Run a composition on a batch; prints outputs (or writes them with --out).
+
+    Example: graft predict 3f2c… inputs.npy --out outputs.npy
+    """
+    x = load_inputs(inputs)
     with opts(ctx).client() as c:
         y = c.predict(composition_id, x)
     if output:
@@ -238,7 +336,8 @@ def predict(
 
 
 def demo(
-    size: str = typer.Option("small", help="small (the full story, ~10 min) | tiny (CI, ~1 min)"),
+    size: str = typer.Option("small", help="small (the full story, about 1 min on 2 cores) | "
+                             "tiny (CI's reduced run)"),
     data_dir: Path = typer.Option(Path(".graft"), help="Where the service keeps its data afterwards."),
     port: int = typer.Option(0, help="Loopback port for the demo server (0 = a free one)."),
     seed: int = typer.Option(0),

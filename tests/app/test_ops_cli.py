@@ -18,7 +18,7 @@ def test_token_create_prints_a_working_token(tmp_path: Path, monkeypatch) -> Non
     try:
         runner = CliRunner()
         assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
-        result = runner.invoke(cli, ["token", "create", "--scope", "write", "--name", "ci"])
+        result = runner.invoke(cli, ["token", "create", "--local", "--scope", "write", "--name", "ci"])
         assert result.exit_code == 0, result.output
         token = result.output.strip().splitlines()[-1]
         assert token.startswith("graft_")
@@ -31,3 +31,17 @@ def test_token_create_prints_a_working_token(tmp_path: Path, monkeypatch) -> Non
         module = {"name": "t", "kind": "task", "task": "seg"}
         assert api.post("/v1/modules", json=module, headers=headers).status_code == 201
         assert api.get("/v1/tokens", headers=headers).status_code == 403
+
+
+def test_token_create_local_refuses_a_database_that_is_not_there(tmp_path: Path, monkeypatch) -> None:
+    """Run without the server's GRAFT_DATA_DIR, it must not make a new database and a useless token."""
+    monkeypatch.setenv("GRAFT_DATA_DIR", str(tmp_path / "not-the-server"))
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli, ["token", "create", "--local", "--scope", "write"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "no Graft database" in result.output and "GRAFT_DATA_DIR" in result.output
+    assert "GRAFT_BOOTSTRAP_TOKEN" in result.output
+    assert not (tmp_path / "not-the-server" / "graft.db").exists()

@@ -37,4 +37,7 @@ def test_compose_and_predict(api, artifacts, tmp_path: Path) -> None:
         "metrics": {"agreement": 1}, "category_module": {"name": "bird-f", "version": 1},
         "adapter": {"name": "bird-h", "version": 1}, "task_module": {"name": "generic", "version": 1},
         "job_id": None,
+        "selection": {"rule": "newest",
+                      "reason": "bird-h@1 is the newest adapter version without a held-out metric "
+                                "(1 in the cell)"},
     }]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tests.compositions.conftest import NATIVE_BIRD, make_module, upload
+from tests.compositions.conftest import NATIVE_BIRD, X_SHAPE, make_module, register_adapter, upload
 from transplant.artifacts import save_module
 
 
@@ -18,7 +18,8 @@ def test_cell_prefers_the_transplanted_adapter_over_the_native_teacher_pair(serv
     assert body["task_module"] == {"name": "classify-generic", "version": 1}
     assert body["input_shape"] == [None, 3, 6, 6] and body["output_shape"] == [None, 3]
     assert body["category"] == "bird" and body["task"] == "classify"
-    assert served.get(f"/v1/compositions/{body['id']}").json() == body
+    assert body["selection"]["rule"] == "newest"  # the only adapter, without a held-out metric
+    assert served.get(f"/v1/compositions/{body['id']}").json() == {**body, "selection": None}
 
 
 def test_native_teacher_pair_composes_explicitly(served) -> None:
@@ -120,3 +121,45 @@ def test_list_is_paginated(served) -> None:
     owls = served.get("/v1/compositions", params={"category": "owl"}).json()["items"]
     assert owls and all(item["category"] == "owl" for item in owls)
     assert served.get("/v1/compositions", params={"cursor": "garbage"}).status_code == 400
+
+
+def test_cell_picks_the_best_held_out_adapter_not_the_newest_and_says_why(served, artifacts) -> None:
+    """A newer 2-epoch trial (agreement 0) or a train-set score never displaces the better adapter."""
+    make_module(served, "egret-f", "category", category="egret")
+    upload(served, "egret-f", artifacts.f_ts, "torchscript", X_SHAPE)
+    register_adapter(served, artifacts, category="egret", name="egret-good",
+                     metrics={"teacher_agreement": 0.769, "metrics_on": "val", "n_val": 26})
+    register_adapter(served, artifacts, category="egret", name="egret-trial",
+                     metrics={"teacher_agreement": 0.0, "metrics_on": "val", "n_val": 26})
+    register_adapter(served, artifacts, category="egret", name="egret-ten-labels",  # 1.0 on 2 inputs: luck
+                     metrics={"teacher_agreement": 1.0, "metrics_on": "val", "n_val": 2})
+    register_adapter(served, artifacts, category="egret", name="egret-no-split",
+                     metrics={"teacher_agreement": 1.0, "metrics_on": "train"})
+
+    resp = served.post("/v1/compositions", json={"category": "egret", "task": "classify"})
+    assert resp.status_code == 201, resp.text
+    body = resp.json()
+    assert body["adapter"] == {"name": "egret-good", "version": 1}
+    assert body["selection"]["rule"] == "best held-out metric"
+    assert "0.769 on 26 held-out inputs" in body["selection"]["reason"]
+    assert "4 adapter" in body["selection"]["reason"]
+    cell = next(c for c in served.get("/v1/grid").json()["cells"]
+                if (c["category"], c["task"]) == ("egret", "classify"))
+    assert cell["adapter"] == body["adapter"] and cell["metrics"]["teacher_agreement"] == 0.769
+    assert cell["selection"]["rule"] == "best held-out metric"
+
+    # An alias is the operator's word: it wins over the metric.
+    assert served.put("/v1/modules/egret-trial/aliases/production", json={"version": 1}).status_code == 200
+    aliased = served.post("/v1/compositions", json={"category": "egret", "task": "classify"}).json()
+    assert aliased["adapter"] == {"name": "egret-trial", "version": 1}
+    assert aliased["selection"]["rule"] == "alias"
+
+
+def test_cell_with_no_held_out_metric_takes_the_newest_adapter(served, artifacts) -> None:
+    make_module(served, "stork-f", "category", category="stork")
+    upload(served, "stork-f", artifacts.f_ts, "torchscript", X_SHAPE)
+    register_adapter(served, artifacts, category="stork", name="stork-old", metrics={"agreement": 0.9})
+    register_adapter(served, artifacts, category="stork", name="stork-new")
+    body = served.post("/v1/compositions", json={"category": "stork", "task": "classify"}).json()
+    assert body["adapter"] == {"name": "stork-new", "version": 1}
+    assert body["selection"]["rule"] == "newest"

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 
 from app.deps import require_admin, require_read, require_write
 
-PUBLIC = {"/healthz", "/readyz", "/metrics", "/ui", "/ui/", "/ui/static/{name}", "/docs", "/openapi.json"}
+PUBLIC = {"/healthz", "/readyz", "/metrics", "/ui", "/ui/", "/ui/static/{name}", "/docs",
+          "/docs/static/{name}", "/openapi.json"}
 SCOPE_OF = {require_read: "read", require_write: "write", require_admin: "admin"}
 RANK = {"read": 0, "write": 1, "admin": 2}
 # Operations that mutate nothing although they are POSTs (calling a model).

@@ -119,3 +119,50 @@ def _check_page(browser, server: LocalServer, c: Client, category: str, job_id: 
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, module).click() or True)
     wait.until(lambda d: "torchscript" in d.find_element(By.ID, "module-detail").text)
     time.sleep(0.3)  # let the last repaint land in the screenshot taken by the caller
+
+
+def test_dashboard_shows_an_adapters_lineage_and_why_the_cell_serves_it(server: LocalServer, browser) -> None:
+    category = f"ul-{uuid.uuid4().hex[:6]}"
+    torch.manual_seed(1)
+    f = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
+    x = torch.randn(40, 6)
+    feats = f(x[:2])
+    with Client(server.url, server.token) as c:
+        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category,
+                      format="torchscript")
+        c.push_module(nn.Linear(8, 3), feats, kind="task", name=f"{category}-cls", task="cls",
+                      category=category, format="torchscript", trained_on=[category])
+        c.push_module(nn.Linear(8, 3), feats, kind="task", name=f"{category}-generic", task="cls",
+                      format="torchscript")
+        ds = c.push_dataset(x, name="ul-x", category=category)
+        job = c.transplant(category_module=f"{category}-f@1", teacher_task_module=f"{category}-cls@1",
+                           student_task_module=f"{category}-generic@1", dataset=ds["id"],
+                           method="distillation", steps=20, result_module=f"{category}-adapter")
+        job.wait(progress=False)
+        comp = c.compose(category, "cls")
+    assert comp["adapter"] == {"name": f"{category}-adapter", "version": 1}
+
+    wait = WebDriverWait(browser, 60, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException])
+    browser.get(server.url + "/ui")  # the token is kept in the page's storage from the first test
+    if not browser.find_element(By.ID, "token").get_attribute("value"):
+        browser.find_element(By.ID, "token").send_keys(server.token)
+        browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+    cell = f'#grid .cell[data-category="{category}"][data-task="cls"]'
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, cell)
+               and d.find_element(By.CSS_SELECTOR, cell).get_attribute("data-status") == "transplanted")
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, cell).click() or True)
+    view = "#cell-detail .lineage-view"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, view + ' dd[data-field="compositions"]'))
+
+    def field(name: str) -> str:
+        return browser.find_element(By.CSS_SELECTOR, f'{view} dd[data-field="{name}"]').text
+
+    assert field("adapter") == f"{category}-adapter@1"
+    assert field("teacher") == f"{category}-cls@1" and field("student task module") == f"{category}-generic@1"
+    assert field("dataset") == ds["id"] and job.id[:8] in field("job") and "distillation" in field("job")
+    assert "teacher agreement" in field("metrics") and "held-out inputs" in field("metrics")
+    assert comp["id"][:8] in field("compositions")
+    selection = browser.find_element(By.CSS_SELECTOR, "#cell-detail .selection").text
+    assert "picked by best held-out metric" in selection
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "dashboard-lineage.png"))

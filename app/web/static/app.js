@@ -102,23 +102,44 @@ async function showCell(cell) {
     el("span", { class: "node" }, "h " + (comp.adapter ? refStr(comp.adapter) : "none (native)")), "→",
     el("span", { class: "node" }, "g " + refStr(comp.task_module)));
   const parts = [title, el("p", {}, comp.id ? "composition " + comp.id : "not composed yet: POST /v1/compositions makes it"), chain];
+  if (cell.selection) parts.push(el("p", { class: "selection" }, "picked by " + cell.selection.rule + ": " + cell.selection.reason));
   if (comp.adapter) parts.push(await lineageOf(comp.adapter));
   box.replaceChildren(...parts);
 }
 
 async function lineageOf(adapterRef) {
-  // teacher → job → adapter, read from the adapter version's recorded parents and job id.
+  // Where an adapter came from and where it is used: its parents (teacher, category module, student
+  // task module), the job that trained it and that job's dataset, its metrics, the compositions using it.
   const ref = typeof adapterRef === "string" ? adapterRef : adapterRef.name + "@" + adapterRef.version;
   const [name, version] = ref.split("@");
   try {
     const v = await api(`/v1/modules/${encodeURIComponent(name)}/versions/${encodeURIComponent(version || "latest")}`);
-    const parents = (v.parents || []).map((p) => el("span", { class: "node" }, (p.role || "parent") + " " + refStr(p)));
-    const job = v.job_id
-      ? el("a", { href: "#jobs-section", class: "node", onclick: () => selectJob(v.job_id) }, "job " + v.job_id.slice(0, 8))
-      : el("span", { class: "node" }, "no job");
-    return el("div", {}, el("h4", {}, "lineage"),
-      el("div", { class: "lineage" }, el("span", {}, ...parents), "→", job, "→",
-        el("span", { class: "node" }, "adapter " + v.name + "@" + v.version + " " + headlineMetric(v.metrics))));
+    const job = v.job_id ? await api("/v1/jobs/" + encodeURIComponent(v.job_id)).catch(() => null) : null;
+    const module = await api("/v1/modules/" + encodeURIComponent(v.name));
+    const query = new URLSearchParams({ limit: "100" });
+    if (module.category) query.set("category", module.category);
+    if (module.task) query.set("task", module.task);
+    const comps = ((await api("/v1/compositions?" + query)).items || [])
+      .filter((c) => c.adapter && c.adapter.name === v.name && c.adapter.version === v.version);
+    const byRole = (role) => (v.parents || []).filter((p) => String(p.role || "").includes(role)).map(refStr).join(", ") || "—";
+    const m = v.metrics || {};
+    const where = m.metrics_on === "val" ? "held-out inputs" : m.metrics_on === "train" ? "training inputs (no held-out split)" : "";
+    const metrics = ["teacher_agreement", "task_metric", "val_loss", "steps"]
+      .filter((k) => typeof m[k] === "number").map((k) => k.replace(/_/g, " ") + " " + fmt(m[k])).join(", ");
+    const req = (job && job.request) || {};
+    const rows = [
+      ["adapter", v.name + "@" + v.version],
+      ["teacher", byRole("teacher")],
+      ["category module", byRole("category")],
+      ["student task module", byRole("student")],
+      ["dataset", req.dataset || "—"],
+      ["job", v.job_id ? el("a", { href: "#jobs-section", onclick: () => selectJob(v.job_id) },
+        v.job_id.slice(0, 8) + (req.method ? " (" + req.method + ", " + (job.status || "") + ")" : "")) : "uploaded, no job"],
+      ["metrics", (metrics || "none recorded") + (where ? " on " + where : "")],
+      ["compositions", comps.length ? comps.map((c) => c.id.slice(0, 8)).join(", ") : "none yet"],
+    ];
+    return el("div", { class: "lineage-view", dataset: { adapter: v.name + "@" + v.version } }, el("h4", {}, "lineage"),
+      el("dl", {}, ...rows.flatMap(([k, val]) => [el("dt", {}, k), el("dd", { dataset: { field: k } }, val)])));
   } catch (e) {
     return el("p", { class: "empty" }, "lineage unavailable: " + e.message);
   }
