@@ -4,6 +4,7 @@ For each new category × task: the teacher's score; the adapter trained `supervi
 labels; `distillation` and `back_distillation` with no labels (all unlabelled inputs) and with few
 unlabelled inputs (8/32/128). Several seeds, mean ± std. Plus the cost of one back-distillation step
 against one distillation step on the same batch. Writes bench/results/science.md and science.png.
+`--datafree`: the data-free rows instead (bench/science_datafree.py, bench/results/datafree.*).
 """
 
 from __future__ import annotations
@@ -244,7 +245,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--assemble", type=Path, nargs="*", default=None, help="only write the report from JSON dumps"
     )
+    p.add_argument("--datafree", action="store_true",
+                   help="only the data-free rows (bench/science_datafree.py): datafree.md/json/png")
     args = p.parse_args(argv)
+    if args.datafree:
+        from bench import science_datafree
+
+        torch.set_num_threads(args.threads)
+        return science_datafree.main(args.quick, args.out, args.worlds)
     if args.assemble:
         return assemble(args.assemble, args.out, args.quick)
     torch.set_num_threads(args.threads)
