@@ -4,9 +4,10 @@ Same worlds, new categories, tasks, seeds, settings and held-out test splits as 
 cell and seed: the real-input rows it is compared with (supervised 10/100 labels; distillation and
 back-distillation on 8/32/128/all real unlabelled inputs), then for each synthesis method
 (transplant/synth.py) back-distillation and plain distillation fed the *same* synthetic inputs, alone
-(0 real inputs) and mixed with 8/32/128 real ones. Synthesis cost (wall) and quality (distance of the
-synthetic set's BatchNorm statistics to the stored ones, beside the real inputs' own distance) are kept
-per cell. Writes bench/results/datafree.{md,json,png}.
+(0 real inputs) and (deepinversion, features) mixed with 8/32/128 real ones; "di-cheap" is
+deepinversion with half the inputs and half the steps (the wall-time goal). Synthesis cost (wall) and
+quality (distance of the synthetic set's BatchNorm statistics to the stored ones, beside the real
+inputs' own distance) are kept per cell. Writes bench/results/datafree.{md,json,png}.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from transplant import run_transplant
 from transplant.synth import SynthesisConfig, _Moments, bn_tap, mix_real, synthesise
 from transplant.world import build_world
 
-METHODS = ("deepinversion", "features", "noise")
+# (row name, synthesis method, overrides of the bench's synthesis settings, mixed with real inputs too)
+VARIANTS = (
+    ("deepinversion", "deepinversion", {}, True),
+    ("features", "features", {}, True),
+    ("noise", "noise", {}, False),
+    ("di-cheap", "deepinversion", {"n": 128, "steps": 100}, False),
+)
 SHORT = {"distillation": "dist", "back_distillation": "bd"}
 
 
@@ -33,7 +40,8 @@ def settings(quick: bool) -> dict:
     s = science_settings(quick)
     s.update(
         labels=[10, 100],
-        synth_methods=list(METHODS),
+        synth_methods=[v[0] for v in VARIANTS],
+        synth_variants={name: {"method": m, **o, "mixed": mixed} for name, m, o, mixed in VARIANTS},
         synth_n=64 if quick else 256,
         synth_steps=20 if quick else 200,
         synth_batch=64,
@@ -83,8 +91,9 @@ def run_cell(world, cat: str, task: str, s: dict) -> dict:
                 x = d.unlabelled.x[pick[:n] % len(d.unlabelled)]
                 cols.setdefault(f"{short} {n}", []).append(_run(world, cat, task, s, seed, m, f, x)[0])
         for sm in s["synth_methods"]:
-            cfg = SynthesisConfig(method=sm, n=s["synth_n"], steps=s["synth_steps"],
-                                  batch_size=s["synth_batch"], seed=seed)
+            v = s["synth_variants"][sm]
+            cfg = SynthesisConfig(method=v["method"], n=v.get("n", s["synth_n"]), seed=seed,
+                                  steps=v.get("steps", s["synth_steps"]), batch_size=s["synth_batch"])
             syn = synthesise(f, g_t, tuple(d.unlabelled.x.shape[1:]), cfg, feature_shape=world.feature_shape)
             quality.setdefault(sm, []).append(syn.report["bn_distance"])
             quality.setdefault(f"{sm} balance", []).append(syn.report["class_balance"])
@@ -94,7 +103,7 @@ def run_cell(world, cat: str, task: str, s: dict) -> dict:
                 score, wall = _run(world, cat, task, s, seed, m, f_used, x, with_val=True)
                 cols.setdefault(f"{short} {sm}", []).append(score)
                 cost.setdefault(f"{short} {sm}", []).append(wall)
-                for n in s["mix_few"]:
+                for n in s["mix_few"] if v["mixed"] else []:
                     f_used, x = mix_real(f, syn, d.unlabelled.x[pick[:n] % len(d.unlabelled)])
                     score, _ = _run(world, cat, task, s, seed, m, f_used, x, with_val=True)
                     cols.setdefault(f"{short} {sm}+{n}", []).append(score)
@@ -141,8 +150,9 @@ def write_report(cells: dict, s: dict, wall: float, out: Path) -> list[str]:
         ("No real input at all: same synthetic inputs for both methods",
          [f"{m} {sm}" for sm in sms for m in ("dist", "bd")]),
     ]
+    mixed = [sm for sm in sms if s["synth_variants"][sm]["mixed"]]
     for n in s["mix_few"]:
-        tables.append((f"Synthetic inputs plus {n} real ones", [f"{m} {sm}+{n}" for sm in sms
+        tables.append((f"Synthetic inputs plus {n} real ones", [f"{m} {sm}+{n}" for sm in mixed
                                                                for m in ("dist", "bd")]))
     for title, cs in tables:
         lines += [f"## {title}", "", "| cell | " + " | ".join(cs) + " |", "|---|" + "---|" * len(cs)]
@@ -188,6 +198,10 @@ def plot(cells: dict, s: dict, out: Path) -> None:
             real = [None, *(_mean(cols[f"{short} {n}"]) for n in s["mix_few"]), _mean(cols[f"{short} all"])]
             ax.plot(xs[1:], real[1:], style, marker="o", color="k", label=f"{short} real only")
             for i, sm in enumerate(s["synth_methods"]):
+                if not s["synth_variants"][sm]["mixed"]:
+                    ax.plot([0], [_mean(cols[f"{short} {sm}"])], marker="x" if short == "bd" else "+",
+                            color=f"C{i}", ls="none", label=f"{short} {sm}")
+                    continue
                 ys = [_mean(cols[f"{short} {sm}"]), *(_mean(cols[f"{short} {sm}+{n}"]) for n in s["mix_few"]),
                       _mean(cols[f"{short} all"])]
                 ax.plot(xs, ys, style, marker="o", color=f"C{i}", label=f"{short} {sm} + real")

@@ -32,8 +32,8 @@ def _no_bn_nets() -> tuple[nn.Module, nn.Module]:
 @pytest.mark.parametrize("method", ["deepinversion", "features", "noise"])
 def test_same_seed_same_inputs_other_seed_other_inputs(method: str) -> None:
     f, g_t, _ = tiny_nets()
-    runs = [synthesise(f, g_t, X_SHAPE, SynthesisConfig(method=method, seed=s, **FAST), feature_shape=FEAT_SHAPE)
-            for s in (3, 3, 4)]
+    runs = [synthesise(f, g_t, X_SHAPE, SynthesisConfig(method=method, seed=s, **FAST),
+                       feature_shape=FEAT_SHAPE) for s in (3, 3, 4)]
     assert torch.equal(runs[0].x, runs[1].x)
     assert not torch.allclose(runs[0].x, runs[2].x)
     assert runs[0].report["bn_distance"] == runs[1].report["bn_distance"]
@@ -43,7 +43,7 @@ def test_same_seed_same_inputs_other_seed_other_inputs(method: str) -> None:
 
 
 def _calibrated(f: nn.Module, g_t: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """Copies whose BatchNorm layers stored the statistics of some data (x ~ N(0.5, 2²)), as trained ones do."""
+    """Copies whose BatchNorm layers stored the statistics of data (x ~ N(0.5, 2²)), as trained ones do."""
     f, g_t = copy.deepcopy(f), copy.deepcopy(g_t)
     for m in [*f.modules(), *g_t.modules()]:
         if isinstance(m, nn.BatchNorm2d):
@@ -59,7 +59,8 @@ def test_deepinversion_meets_the_stored_statistics_and_leaves_the_nets_alone() -
     f, g_t = _calibrated(*tiny_nets()[:2])
     before = {k: v.clone() for k, v in [*f.state_dict().items(), *g_t.state_dict().items()]}
     flags = [p.requires_grad for p in [*f.parameters(), *g_t.parameters()]]
-    cfg = SynthesisConfig(method="deepinversion", n=32, steps=150, batch_size=32, tv=0.0, l2=0.0, diversity=0.0)
+    cfg = SynthesisConfig(method="deepinversion", n=32, steps=150, batch_size=32, tv=0.0, l2=0.0,
+                          diversity=0.0)
     r = synthesise(f, g_t, X_SHAPE, cfg).report
     assert r["bn_layers"] == {"category_module": 1, "teacher_task_module": 1}
     # With the priors off, statistics off at the start land close to the stored ones.
