@@ -52,6 +52,7 @@ def test_data_free_transplant_reports_cost_quality_and_lineage(embedded_api, emb
     metrics = job["result"]["metrics"]
     syn = metrics["synthesis"]
     assert metrics["data"] == "synthetic" and metrics["dataset"] is None and metrics["n_train"] == SMALL["n"]
+    assert metrics["metrics_on"] == "synthetic train"  # agreement measured on the synthetic inputs
     assert syn["method"] == "deepinversion" and syn["seed"] == 2 and syn["n_real"] == 0
     assert syn["bn_distance"] < syn["bn_distance_init"]
     # BatchNorm read from the uploaded torch.export graphs.

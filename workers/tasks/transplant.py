@@ -237,6 +237,8 @@ def _work(run: JobRun) -> Register:
     if synthesis is not None:
         metrics["synthesis"] = synthesis
         metrics["data"] = "synthetic" if dataset is None else "synthetic+dataset"
+        # teacher_agreement and val_loss were measured on these inputs, not on real ones.
+        metrics["metrics_on"] = f"synthetic {metrics.get('metrics_on', 'inputs')}"
     run.report(stage="registering", **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
 
     def register(session: Session) -> dict:
