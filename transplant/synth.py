@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from transplant.blackbox import frozen
+from transplant.blackbox import batched_apply, frozen
 from transplant.errors import TransplantError, UnknownMethod
 
 SYNTH_METHODS = ("auto", "deepinversion", "features", "noise")
@@ -377,17 +377,19 @@ def _calibrated_noise(x0: torch.Tensor, run_f: Callable, stats_f: list[_Stat], c
         return shift + log_scale.exp() * x0, True
 
 
-def mix_real(f: Module, synthesis: Synthesis, real: torch.Tensor | None,
-             device: str | torch.device = "cpu") -> tuple[Module, torch.Tensor]:
+def mix_real(f: Module, synthesis: Synthesis, real: torch.Tensor | None) -> tuple[Module, torch.Tensor]:
     """(category module, inputs) the engine trains on: the synthetic set plus any real inputs.
 
-    In the feature space the real inputs are run through f and the engine gets an identity for f.
+    In the feature space the real inputs are run through f (where f lives) and the engine gets an
+    identity for f.
     """
     if synthesis.space == "feature":
         parts = [synthesis.x]
         if real is not None and len(real):
-            with torch.no_grad():
-                parts.insert(0, f(real.float().to(device)).detach().cpu())
+            params = list(f.parameters()) if isinstance(f, nn.Module) else []
+            device = params[0].device if params else torch.device("cpu")
+            with frozen(f):
+                parts.insert(0, batched_apply(f, real.float().to(device)).cpu())
         return nn.Identity(), torch.cat(parts)
     if real is None or not len(real):
         return f, synthesis.x

@@ -285,7 +285,7 @@ def _synthesise(run: JobRun, f, g_t, real, f_v: ModuleVersion, train: TrainConfi
         raise JobFailed(f"Synthesis failed: {exc}.") from None
     report = {**syn.report, "n_real": 0 if real is None else int(len(real))}
     run.report(stage="synthesised", synthesis=report)
-    f_used, x = mix_real(f, syn, real, device=train.resolved_device())
+    f_used, x = mix_real(f, syn, real)
     return report, f_used, x
 
 
