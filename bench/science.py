@@ -11,6 +11,7 @@ distillation step is g_S(h(x)) against stored teacher outputs; the back-distilla
 teacher outputs, probes and teacher VJPs, g_S's VJP at the detached adapter output and a double
 backward through h alone. A third row times the estimator it replaced, which differentiates through g_S
 as well (`student_curvature=True`: what a smooth task module still needs).
+`--datafree`: the data-free rows instead (bench/science_datafree.py, bench/results/datafree.*).
 """
 
 from __future__ import annotations
@@ -358,7 +359,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--assemble", type=Path, nargs="*", default=None, help="only write the report from JSON dumps"
     )
+    p.add_argument("--datafree", action="store_true",
+                   help="only the data-free rows (bench/science_datafree.py): datafree.md/json/png")
     args = p.parse_args(argv)
+    if args.datafree:
+        from bench import science_datafree
+
+        torch.set_num_threads(args.threads)
+        return science_datafree.main(args.quick, args.out, args.worlds)
     if args.assemble:
         return assemble(args.assemble, args.out, args.quick)
     torch.set_num_threads(args.threads)

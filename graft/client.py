@@ -242,22 +242,26 @@ class Client:
 
     # -- jobs, compositions, inference ------------------------------------------------------------
     def transplant(self, *, category_module: Ref, teacher_task_module: Ref, student_task_module: Ref,
-                   dataset: str, method: str = "back_distillation", adapter: dict | str | None = None,
+                   dataset: str | None = None, method: str = "back_distillation",
+                   adapter: dict | str | None = None,
                    steps: int | None = None, epochs: int | None = None, seed: int | None = None,
                    reference_category_module: Ref | None = None,
-                   result_module: str | None = None, train: dict | None = None) -> Job:
+                   result_module: str | None = None, train: dict | None = None,
+                   synthesis: dict | None = None) -> Job:
         """Request a transplant; the returned `Job` can `wait()` for it (`train`: TrainConfig knobs).
 
         steps / epochs: the budget (default: the server's, sized to the data); reference_category_module:
-        the student task module's own category module for the same inputs, if there is one."""
+        the student task module's own category module for the same inputs, if there is one.
+        dataset None: a data-free transplant on inputs the worker synthesises from the networks;
+        synthesis: {"method": "auto"|"deepinversion"|"features"|"noise", "n", "steps", "seed", …}."""
         body: dict[str, Any] = {
             "category_module": ref_str(category_module),
             "teacher_task_module": ref_str(teacher_task_module),
             "student_task_module": ref_str(student_task_module),
-            "dataset": dataset,
             "method": method,
         }
-        extra = {"adapter": adapter, "steps": steps, "epochs": epochs, "seed": seed,
+        extra = {"dataset": dataset, "synthesis": synthesis, "adapter": adapter, "steps": steps,
+                 "epochs": epochs, "seed": seed,
                  "reference_category_module": ref_str(reference_category_module) if reference_category_module
                  else None, "result_module": result_module, "train": train}
         body.update({k: v for k, v in extra.items() if v is not None})

@@ -21,9 +21,11 @@ from graft.client import Client, Job
 from graft.render import render_grid, table
 
 SIZES = {
-    # tasks transplanted, label counts of the supervised baselines, epochs per transplant
+    # tasks transplanted, label counts of the supervised baselines, epochs per transplant, and whether
+    # a data-free back-distillation row (inputs synthesised by the worker) is added
     "tiny": {"world": "small", "tasks": ("cls",), "labels": (20,), "epochs": 3},
-    "small": {"world": "small", "tasks": ("cls", "seg"), "labels": (10, 100), "epochs": 30},
+    "small": {"world": "small", "tasks": ("cls", "seg"), "labels": (10, 100), "epochs": 30,
+              "data_free": True},
 }
 
 
@@ -112,18 +114,23 @@ def transplant_all(c: Client, world, cfg: dict, refs: dict, seed: int, console: 
         for task in cfg["tasks"]:
             common = {"category_module": refs["f"][cat], "teacher_task_module": refs["teacher"][(cat, task)],
                       "student_task_module": refs["generic"][task], "epochs": cfg["epochs"], "seed": seed}
-            plan = [(f"supervised {k}", "supervised", k) for k in cfg["labels"]]
+            # No dataset at all: the worker synthesises inputs from f and g_T (queued first, so the
+            # adapter learned from real inputs is the newest and serves the grid's cell).
+            plan = [("back-distillation, no data", "back_distillation", None)] if cfg.get("data_free") else []
+            plan += [(f"supervised {k}", "supervised", k) for k in cfg["labels"]]
             plan += [("distillation", "distillation", 0), ("back-distillation", "back_distillation", 0)]
             for label, method, k in plan:
-                if k:
+                if k is None:
+                    ds = None
+                elif k:
                     ds = c.push_dataset(data.train.x[:k], data.train.labels(task)[:k],
                                         name=f"{cat}-{task}-{k}-labels", category=cat)["id"]
                 else:
                     ds = unlab["id"]
-                suffix = method.replace("_", "-") + (f"-{k}" if k else "")
+                suffix = method.replace("_", "-") + (f"-{k}" if k else "-no-data" if k is None else "")
                 job = c.transplant(method=method, dataset=ds, result_module=f"{cat}-{task}-{suffix}",
                                    **common)
-                queued.append((Row(task=task, method=label, labels=k, adapter=""), cat, job))
+                queued.append((Row(task=task, method=label, labels=k or 0, adapter=""), cat, job))
     console.print(f"  queued {len(queued)} transplant jobs")
     return queued
 

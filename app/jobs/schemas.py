@@ -104,6 +104,29 @@ class AutoOptions(BaseModel):
     budget: AutoBudgetOptions = Field(default_factory=AutoBudgetOptions)
 
 
+class SynthesisOptions(BaseModel):
+    """`synthesis`: how a transplant without a dataset makes its training inputs (transplant/synth.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["auto", "deepinversion", "features", "noise"] = Field(
+        "auto", description='"deepinversion": inputs whose statistics meet the teacher\'s BatchNorm '
+        'layers; "features": f\'s features made directly against g_T\'s BatchNorm layers; "noise": Gaussian '
+        'noise of f\'s input signature; "auto": deepinversion when the teacher keeps BatchNorm statistics, '
+        "else noise.",
+    )
+    n: int = Field(256, ge=1, le=65536, description="Synthetic samples to make.")
+    steps: int = Field(200, ge=0, le=100_000, description="Optimiser steps per batch of synthetic samples.")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Default: the request's seed.")
+    batch_size: int | None = Field(None, ge=1, le=65536, description="Samples optimised together (64).")
+    lr: float | None = Field(None, gt=0, le=100)
+    tv: float | None = Field(None, ge=0, description="Weight of the total-variation prior (0.05).")
+    l2: float | None = Field(None, ge=0, description="Weight of the L2 prior (0.001).")
+    diversity: float | None = Field(
+        None, ge=0, description="Weight of the confident-and-balanced term on the teacher's outputs (0.5)."
+    )
+
+
 class TransplantCreate(BaseModel):
     """POST /v1/transplants: learn an adapter so that g_S(h(f(x))) does what g_T(f(x)) does."""
 
@@ -112,7 +135,14 @@ class TransplantCreate(BaseModel):
     category_module: Ref = Field(examples=["bird-f@1"])
     teacher_task_module: Ref = Field(examples=["bird-seg@1"])
     student_task_module: Ref = Field(examples=["seg@3"])
-    dataset: str = Field(min_length=1, max_length=64, description="Dataset id (POST /v1/datasets).")
+    dataset: str | None = Field(
+        None, min_length=1, max_length=64, description="Dataset id (POST /v1/datasets); null or omitted: a "
+        "data-free transplant, on inputs synthesised from the networks (`synthesis`).",
+    )
+    synthesis: SynthesisOptions | None = Field(
+        None, description="Synthetic training inputs: the only inputs without a dataset (default options "
+        "then), added to the dataset's when both are given.",
+    )
     method: Literal["back_distillation", "distillation", "supervised"] = "back_distillation"
     adapter: dict[str, Any] | Literal["auto"] | None = Field(
         None,

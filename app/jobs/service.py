@@ -17,7 +17,13 @@ from app.datasets.service import get_dataset
 from app.errors import BadRequest, Conflict, NotFound, Unprocessable
 from app.jobs import repository
 from app.jobs.dispatch import enqueue_after_commit
-from app.jobs.schemas import AmalgamationCreate, AutoBudgetOptions, AutoOptions, TransplantCreate
+from app.jobs.schemas import (
+    AmalgamationCreate,
+    AutoBudgetOptions,
+    AutoOptions,
+    SynthesisOptions,
+    TransplantCreate,
+)
 from app.models import Job, Module, ModuleVersion
 from app.models.job import FINAL_STATUSES
 from app.modules.schemas import NAME_PATTERN
@@ -179,9 +185,12 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
             f"The teacher task module solves task {g_t.module.task!r} but the student task module "
             f"solves {g_s.module.task!r}; both must be modules of the same task."
         )
-    dataset = get_dataset(session, body.dataset)
-    _check_dataset_fits(dataset, f)
-    if body.method == "supervised" and dataset.y_shape is None:
+    dataset = None
+    if body.dataset is not None:
+        dataset = get_dataset(session, body.dataset)
+        _check_dataset_fits(dataset, f)
+    synthesis = check_synthesis(body, f) if body.dataset is None or body.synthesis is not None else None
+    if body.method == "supervised" and dataset is not None and dataset.y_shape is None:
         raise Unprocessable(
             f"Method 'supervised' needs labels, but dataset {dataset.id} has no `y`; upload one with "
             "labels or use back_distillation, which needs none."
@@ -200,6 +209,11 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
     else:
         check_adapter(adapter, f_out, s_in)
     reference = None
+    if body.reference_category_module is not None and (synthesis or {}).get("method") == "features":
+        raise Unprocessable(
+            "synthesis 'features' makes f's features directly, with no inputs to run the reference category "
+            "module on; drop reference_category_module or use synthesis 'deepinversion' or 'noise'."
+        )
     if body.reference_category_module is not None:
         reference = _resolve(session, "reference_category_module", body.reference_category_module, "category")
         if _shape(reference.input_shape)[1:] != _shape(f.input_shape)[1:] or (
@@ -221,7 +235,8 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
         "teacher_task_module": version_ref(g_t),
         "student_task_module": version_ref(g_s),
         "reference_category_module": version_ref(reference) if reference is not None else None,
-        "dataset": dataset.id,
+        "dataset": dataset.id if dataset is not None else None,
+        "synthesis": synthesis,
         "method": body.method,
         "adapter": adapter,
         "steps": body.steps,
@@ -235,6 +250,19 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
     )
     enqueue_after_commit(session, TRANSPLANT_TASK, job.id)
     return job
+
+
+def check_synthesis(body: TransplantCreate, f: ModuleVersion) -> dict:
+    """The request's synthesis options with their defaults and seed filled in; 422 when they cannot work."""
+    options = body.synthesis or SynthesisOptions()
+    if body.method == "supervised":
+        raise Unprocessable(
+            "Method 'supervised' trains on labels, and synthetic inputs have none; use back_distillation "
+            "or distillation for a transplant without data, or give a labelled dataset and no synthesis."
+        )
+    _fixed_tail(f, "input_shape", _shape(f.input_shape))  # the synthetic inputs take f's input shape
+    seed = body.seed if options.seed is None else options.seed
+    return {**options.model_dump(exclude_none=True), "seed": seed}
 
 
 def _teacher_classes(field: str, head: ModuleVersion, classes: list[str] | None) -> list[str]:

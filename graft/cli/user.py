@@ -207,7 +207,11 @@ def transplant(
     category_module: str = typer.Option(..., help="The new category's f, e.g. bird-f@1."),
     teacher_task_module: str = typer.Option(..., help="The teacher's g_T, e.g. bird-seg@1."),
     student_task_module: str = typer.Option(..., help="The generic network's g_S, e.g. seg@3."),
-    dataset: str = typer.Option(..., help="Dataset id (inputs of the category)."),
+    dataset: str = typer.Option(None, help="Dataset id (inputs of the category); omit for a data-free "
+                                "transplant on synthesised inputs."),
+    synthesis: str = typer.Option(
+        None, help='Synthesise inputs: a method (auto, deepinversion, features, noise) or JSON, e.g. '
+        '\'{"method": "deepinversion", "n": 256, "steps": 200, "seed": 0}\' (without --dataset: auto).'),
     method: str = typer.Option("back_distillation", help="back_distillation | distillation | supervised"),
     adapter: str = typer.Option(None, help='"auto" or JSON, e.g. \'{"arch": "conv", "layers": 2}\'.'),
     steps: int = typer.Option(None, min=1, help="Optimiser steps (default: sized to the dataset)."),
@@ -220,11 +224,16 @@ def transplant(
 ) -> None:
     """Request a transplant: learn an adapter so g_S works on the new category's features."""
     adapter_value = adapter if adapter in (None, "auto") else parse_json_option(adapter, "--adapter")
+    synthesis_value = None
+    if synthesis is not None:
+        synthesis_value = (parse_json_option(synthesis, "--synthesis") if synthesis.lstrip().startswith("{")
+                           else {"method": synthesis})
     with opts(ctx).client() as c:
         job = c.transplant(category_module=category_module, teacher_task_module=teacher_task_module,
                            student_task_module=student_task_module, dataset=dataset, method=method,
                            adapter=adapter_value, steps=steps, epochs=epochs, seed=seed,
-                           reference_category_module=reference_category_module, result_module=result_module)
+                           reference_category_module=reference_category_module, result_module=result_module,
+                           synthesis=synthesis_value)
         if wait:
             job.wait(progress=not opts(ctx).json, label=f"{method} {job.id[:8]}")
     show(ctx, job.data, lambda j: f"job {j['id']} {j.get('status')}"

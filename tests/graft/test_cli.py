@@ -223,3 +223,28 @@ def test_token_create_names_the_server_with_its_own_option(graft_server: LocalSe
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr
     assert graft(graft_server, "modules", "ls", token=made.stdout.strip()).returncode == 0
+
+def test_transplant_without_a_dataset(graft_server: LocalServer) -> None:
+    """`graft transplant` with no --dataset: the worker synthesises inputs (--synthesis: a method or JSON)."""
+    category = f"clidf-{uuid.uuid4().hex[:8]}"
+    torch.manual_seed(0)
+    f, g_t, g_s = nn.Sequential(nn.Linear(6, 8), nn.ReLU()), nn.Linear(8, 3), nn.Linear(8, 3)
+    x = torch.randn(4, 6)
+    with Client(graft_server.url, graft_server.token) as c:
+        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category,
+                      format="torchscript")
+        c.push_module(g_t, f(x[:2]), kind="task", name=f"{category}-cls", task="cls", format="torchscript")
+        c.push_module(g_s, f(x[:2]), kind="task", name=f"{category}-gs", task="cls", format="torchscript")
+    common = ["--json", "transplant", "--category-module", f"{category}-f@1", "--teacher-task-module",
+              f"{category}-cls@1", "--student-task-module", f"{category}-gs@1", "--epochs", "2", "--wait"]
+    job = graft(graft_server, *common, "--synthesis", '{"method": "noise", "n": 16, "steps": 5}')
+    assert job.returncode == 0, job.stderr
+    done = json.loads(job.stdout)
+    assert done["status"] == "succeeded", done
+    assert done["request"]["dataset"] is None and done["result"]["metrics"]["data"] == "synthetic"
+    assert done["result"]["metrics"]["synthesis"]["n"] == 16
+    # TorchScript hides BatchNorm: deepinversion is refused with what it needs.
+    bad = graft(graft_server, *common, "--synthesis", "deepinversion", "--result-module", f"{category}-di")
+    failed = json.loads(bad.stdout) if bad.stdout.strip() else {}
+    assert failed.get("status") == "failed" or bad.returncode != 0
+    assert "BatchNorm" in (failed.get("error") or bad.stderr)

@@ -136,6 +136,21 @@ def test_transplant_waited_to_completion_then_composed_and_called(client: Client
     assert cell["adapter"] == {"name": adapter["name"], "version": adapter["version"]}
 
 
+def test_transplant_without_data_on_a_pushed_batchnorm_teacher(client: Client) -> None:
+    category = uid("kite")
+    model = trained_like(ResNetish(classes=3), seed=3)
+    pushed = client.push_teacher(model, "block1", torch.randn(4, 3, 8, 8), category=category, task="cls")
+    job = client.transplant(category_module=pushed["category_module"],
+                            teacher_task_module=pushed["teacher_task_module"],
+                            student_task_module=_student(category, client), epochs=2, seed=0,
+                            synthesis={"method": "deepinversion", "n": 16, "steps": 10})
+    state = job.wait(timeout=240)
+    assert state["status"] == "succeeded"
+    syn = state["result"]["metrics"]["synthesis"]
+    assert syn["method"] == "deepinversion" and syn["bn_layers"]["category_module"] >= 1
+    assert syn["bn_distance"] < syn["bn_distance_init"]
+
+
 def test_a_cancelled_job_raises_job_failed_when_checked(client: Client) -> None:
     category = uid("owl")
     model = trained_like(ResNetish(classes=3), seed=3)

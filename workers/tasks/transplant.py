@@ -26,6 +26,7 @@ from transplant import TrainConfig, run_transplant
 from transplant.adapters import fit_adapter_config, save_adapter
 from transplant.artifacts import ArtifactError, load_module
 from transplant.search import run_auto_transplant
+from transplant.synth import NeedsBatchNorm, SynthesisConfig, mix_real, synthesise
 from workers import lifecycle
 from workers.lifecycle import JobFailed, JobRun, Register
 from workers.module_cache import cache_key, process_cache
@@ -147,7 +148,7 @@ def _work(run: JobRun) -> Register:
         versions = {field: resolve_version(session, req[field]) for field, _ in ROLES}
         if req.get("reference_category_module"):
             versions["reference_category_module"] = resolve_version(session, req["reference_category_module"])
-        dataset = get_dataset(session, req["dataset"])
+        dataset = get_dataset(session, req["dataset"]) if req.get("dataset") else None
     f_v, g_s_v = versions["category_module"], versions["student_task_module"]
     auto = _auto_options(req)
     warm_versions = []
@@ -157,16 +158,20 @@ def _work(run: JobRun) -> Register:
                 session, task=req["task"], category=req["category"], category_module=f_v,
                 student_task_module=g_s_v, limit=MAX_WARM_STARTS,
             )
-    try:
-        x_np, y_np = load_arrays(ctx.store, dataset)
-    except (OSError, ValueError) as exc:
-        raise JobFailed(f"Dataset {dataset.id} could not be read from the artifact store ({exc}).") from None
-    x = torch.from_numpy(x_np)
-    y = None
-    if y_np is not None:
-        y = torch.from_numpy(y_np)
-        y = y.long() if not y.is_floating_point() else y.float()
+    x = y = None
+    if dataset is not None:
+        try:
+            x_np, y_np = load_arrays(ctx.store, dataset)
+        except (OSError, ValueError) as exc:
+            raise JobFailed(
+                f"Dataset {dataset.id} could not be read from the artifact store ({exc})."
+            ) from None
+        x = torch.from_numpy(x_np)
+        if y_np is not None:
+            y = torch.from_numpy(y_np)
+            y = y.long() if not y.is_floating_point() else y.float()
     train = _train_config(req)
+    synthesis = None
     with contextlib.ExitStack() as borrowed:
         # f, g_T and g_S come from this worker's cache when an earlier job loaded them (their bytes
         # never change); they go back to it only when the engine returns normally.
@@ -176,11 +181,20 @@ def _work(run: JobRun) -> Register:
             reference = borrowed.enter_context(borrow_module(ctx, versions["reference_category_module"]))
         with tempfile.TemporaryDirectory(prefix="graft-job-") as tmp:
             warm_starts, warm_refs = _warm_starts(ctx, warm_versions, Path(tmp))
+        f_used = f
+        if req.get("synthesis"):
+            synthesis, f_used, x = _synthesise(run, f, g_t, x, f_v, train)
+            y = None  # synthetic inputs carry no labels (supervised is refused before queueing)
         run.report(stage="training", device=str(train.resolved_device()))
-        result = _run_engine(run, f, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v, reference)
+        result = _run_engine(run, f_used, g_t, g_s, x, y, train, auto, warm_starts, f_v, g_s_v, reference)
     weights, spec = save_adapter(result.adapter, result.config)
     warm_name = (result.metrics.get("search") or {}).get("warm_start")
-    metrics = {**result.metrics, "dataset": dataset.id, "job_id": run.job_id}
+    metrics = {**result.metrics, "dataset": dataset.id if dataset is not None else None, "job_id": run.job_id}
+    if synthesis is not None:
+        metrics["synthesis"] = synthesis
+        metrics["data"] = "synthetic" if dataset is None else "synthetic+dataset"
+        # teacher_agreement and val_loss were measured on these inputs, not on real ones.
+        metrics["metrics_on"] = f"synthetic {metrics.get('metrics_on', 'inputs')}"
     run.report(stage="registering", **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
 
     def register(session: Session) -> dict:
@@ -204,13 +218,40 @@ def _work(run: JobRun) -> Register:
                 "metrics": metrics,
                 "description": (
                     f"{req['method']} adapter {req['category']} → {req['task']} learned by job "
-                    f"{run.job_id} on dataset {dataset.id}"
+                    f"{run.job_id} {_data_words(dataset, synthesis)}"
                 ),
             },
         )
         return {"adapter": version_ref(version), "metrics": metrics}
 
     return register
+
+
+def _synthesise(run: JobRun, f, g_t, real, f_v: ModuleVersion, train: TrainConfig):  # noqa: ANN001, ANN202
+    """The request's synthetic inputs (plus the dataset's, if any): (report, f for the engine, inputs)."""
+    options = dict(run.request["synthesis"])
+    cfg = SynthesisConfig(**options)
+    run.report(stage="synthesising", synthesis={"method": cfg.method, "n": cfg.n, "steps": cfg.steps})
+    try:
+        syn = synthesise(f, g_t, tuple(f_v.input_shape[1:]), cfg, feature_shape=tuple(f_v.output_shape[1:]),
+                         device=train.resolved_device())
+    except NeedsBatchNorm as exc:
+        raise JobFailed(f"Synthesis failed: {exc}.") from None
+    report = {**syn.report, "n_real": 0 if real is None else int(len(real))}
+    run.report(stage="synthesised", synthesis=report)
+    f_used, x = mix_real(f, syn, real)
+    return report, f_used, x
+
+
+def _data_words(dataset, synthesis: dict | None) -> str:  # noqa: ANN001
+    """How the adapter's training inputs came about, for its description."""
+    if synthesis is None:
+        return f"on dataset {dataset.id}"
+    how = (f"{synthesis['n']} inputs synthesised by {synthesis['method']} (seed {synthesis['seed']}, "
+           f"{synthesis['steps']} steps, BatchNorm distance {synthesis['bn_distance']})")
+    if dataset is None:
+        return f"without data, on {how}"
+    return f"on dataset {dataset.id} plus {how}"
 
 
 def execute(job_id: str, ctx: JobContext, *, redelivered: bool = False) -> str | None:
