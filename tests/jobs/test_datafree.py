@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.jobs.world import (
+from support.world import (
     FEAT_SHAPE,
     X_SHAPE,
     World,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from tests.jobs.world import FEAT_SHAPE, X_SHAPE, tiny_nets
+from support.world import FEAT_SHAPE, X_SHAPE, tiny_nets
 from transplant import TrainConfig, run_transplant
 from transplant.artifacts import load_module, save_module
 from transplant.synth import NeedsBatchNorm, SynthesisConfig, batchnorm_layers, mix_real, synthesise
