@@ -115,8 +115,8 @@ class SynthesisOptions(BaseModel):
         'noise of f\'s input signature; "auto": deepinversion when the teacher keeps BatchNorm statistics, '
         "else noise.",
     )
-    n: int = Field(256, ge=1, le=65536, description="Synthetic samples to make.")
-    steps: int = Field(200, ge=0, le=100_000, description="Optimiser steps per batch of synthetic samples.")
+    n: int = Field(128, ge=1, le=65536, description="Synthetic samples to make.")
+    steps: int = Field(100, ge=0, le=100_000, description="Optimiser steps per batch of synthetic samples.")
     seed: int | None = Field(None, ge=0, le=2**31 - 1, description="Default: the request's seed.")
     batch_size: int | None = Field(None, ge=1, le=65536, description="Samples optimised together (64).")
     lr: float | None = Field(None, gt=0, le=100)
