@@ -78,7 +78,7 @@ def modules_push(
     name: str = typer.Option(..., help="Module name (created when new)."),
     kind: str = typer.Option(..., help="category | task | adapter"),
     input_shape: str = typer.Option(..., help='JSON, null = batch dim, e.g. "[null, 3, 32, 32]".'),
-    format: str = typer.Option("torch_export", help="torch_export | torchscript | safetensors"),
+    format: str = typer.Option("torch_export", help="torch_export | safetensors"),
     category: str = typer.Option(None), task: str = typer.Option(None),
     arch: str = typer.Option(None, help="JSON architecture spec (safetensors only)."),
     description: str = typer.Option(None),

@@ -14,7 +14,7 @@ from transplant.artifacts import save_module
 
 @pytest.fixture(scope="module")
 def artifact() -> bytes:
-    return save_module(conv_net(), torch.zeros(2, 3, 8, 8), "torchscript")
+    return save_module(conv_net(), torch.zeros(2, 3, 8, 8), "torch_export")
 
 
 def test_failed_put_leaves_no_row(api, artifact, monkeypatch) -> None:
@@ -25,7 +25,7 @@ def test_failed_put_leaves_no_row(api, artifact, monkeypatch) -> None:
         raise ConnectionError("store went away")
 
     monkeypatch.setattr(store, "put_file", broken_put)
-    resp = upload(api, "bird-f", artifact, "torchscript")
+    resp = upload(api, "bird-f", artifact, "torch_export")
     assert resp.status_code == 503 and "store" in resp.json()["detail"]
     assert api.get("/v1/modules/bird-f").json()["versions"] == []
 
@@ -46,9 +46,9 @@ def test_failed_commit_leaves_no_object(api, artifact, monkeypatch) -> None:
         return real_commit(self)
 
     monkeypatch.setattr(Session, "commit", commit_once_failing)
-    resp = upload(api, "bird-f", artifact, "torchscript")
+    resp = upload(api, "bird-f", artifact, "torch_export")
     assert resp.status_code == 503
     monkeypatch.setattr(Session, "commit", real_commit)
     assert not api.app.state.store.exists(key_for(hashlib.sha256(artifact).hexdigest()))
     assert api.get("/v1/modules/bird-f").json()["versions"] == []
-    assert upload(api, "bird-f", artifact, "torchscript").status_code == 201
+    assert upload(api, "bird-f", artifact, "torch_export").status_code == 201
