@@ -46,6 +46,7 @@ class JobRun:
 
     def __init__(self, job: Job, ctx: JobContext) -> None:
         self.job_id = job.id
+        self.owner_token_id = job.owner_token_id  # modules the job creates belong to this token
         self.request: dict = dict(job.request)
         self.attempts = job.attempts
         self.ctx = ctx

@@ -22,7 +22,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.auth.service import Principal
 from app.config import Settings
 from app.errors import BackendUnavailable, Conflict, Forbidden, NotFound, Unprocessable, UnsupportedFormat
-from app.models import Module, ModuleVersion
+from app.models import ApiToken, Module, ModuleVersion
 from app.modules import repository
 from app.modules.probe import ProbeFailed, probe_artifact
 from app.modules.schemas import ALIAS_PATTERN, NAME_PATTERN, VersionMeta
@@ -53,6 +53,23 @@ def check_can_write(module: Module, principal: Principal) -> None:
         return
     raise Forbidden(
         f"Module {module.name!r} belongs to another token; push with that token, or ask an admin."
+    )
+
+
+def check_job_can_write(session: Session, module: Module, owner_token_id: int | None) -> str | None:
+    """Why a job queued by token `owner_token_id` may not write into `module`, or None when it may.
+
+    The rule of version uploads, for the token that asked for the job: its own modules, unowned ones,
+    or any module when that token is an admin (the bootstrap token, id None, is one).
+    """
+    if module.owner_token_id is None or owner_token_id is None or module.owner_token_id == owner_token_id:
+        return None
+    token = session.get(ApiToken, owner_token_id)
+    if token is not None and "admin" in (token.scopes or []):
+        return None
+    return (
+        f"Module {module.name!r} belongs to another token: a job writes only into modules of the token "
+        "that asked for it (or any module, for an admin); name another result_module"
     )
 
 
@@ -97,7 +114,7 @@ def create_module(
 
 def get_or_create_module(
     session: Session, *, name: str, kind: str, category: str | None = None, task: str | None = None,
-    description: str | None = None,
+    description: str | None = None, owner_token_id: int | None = None,
 ) -> Module:
     """The module `name`, created when missing; when a concurrent transaction creates it first, that one.
 
@@ -110,7 +127,8 @@ def get_or_create_module(
     module = repository.get_by_name(session, name)
     if module is not None:
         return module
-    fields = {"kind": kind, "category": category, "task": task, "description": description}
+    fields = {"kind": kind, "category": category, "task": task, "description": description,
+              "owner_token_id": owner_token_id}
     if session.get_bind().dialect.name == "sqlite":
         return create_module(session, name=name, **fields)
     try:

@@ -21,6 +21,7 @@ from app.jobs.context import JobContext
 from app.models import Module
 from app.modules.service import (
     add_version,
+    check_job_can_write,
     discard_orphan,
     file_sha256,
     get_or_create_module,
@@ -110,8 +111,9 @@ def _work(run: JobRun) -> Register:
 
     def register(session: Session) -> dict:
         modules = {
-            "category": _module(session, req["category_module"], "category", category=category),
-            "task": _module(session, req["task_module"], "task", task=task),
+            "category": _module(session, req["category_module"], "category", run.owner_token_id,
+                                category=category),
+            "task": _module(session, req["task_module"], "task", run.owner_token_id, task=task),
         }
         refs = {}
         with tempfile.TemporaryDirectory(prefix="graft-student-") as tmp:
@@ -140,15 +142,20 @@ def _work(run: JobRun) -> Register:
     return register
 
 
-def _module(session: Session, name: str, kind: str, **fields: str) -> Module:
-    """The student's module `name`, created when missing; JobFailed if it became something else."""
+def _module(session: Session, name: str, kind: str, owner_token_id: int | None, **fields: str) -> Module:
+    """The student's module `name`, created (owned by the job's token) when missing; JobFailed if it
+    became something else or the job's token may not write it."""
     module = get_or_create_module(
-        session, name=name, kind=kind, description=f"Amalgamated student ({kind} module).", **fields
+        session, name=name, kind=kind, description=f"Amalgamated student ({kind} module).",
+        owner_token_id=owner_token_id, **fields,
     )
     if module.kind != kind:
         raise JobFailed(
             f"Module {name!r} is a {module.kind} module; the student's {kind} module cannot be added to it."
         )
+    reason = check_job_can_write(session, module, owner_token_id)
+    if reason is not None:
+        raise JobFailed(reason + ".")
     return module
 
 

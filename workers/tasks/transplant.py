@@ -24,6 +24,7 @@ from app.models import ModuleVersion
 from app.modules import repository as modules_repository
 from app.modules.service import (
     add_version,
+    check_job_can_write,
     discard_orphan,
     file_sha256,
     get_or_create_module,
@@ -228,7 +229,7 @@ def _work(run: JobRun) -> Register:
     run.report(stage="registering", **{k: v for k, v in result.metrics.items() if isinstance(v, int | float)})
 
     def register(session: Session) -> dict:
-        module = _adapter_module(session, req)
+        module = _adapter_module(session, req, run.owner_token_id)
         parents = [{**version_ref(versions[field]), "role": role} for field, role in ROLES]
         if "reference_category_module" in versions:
             parents.append({**version_ref(versions["reference_category_module"]), "role": "reference"})
@@ -259,15 +260,21 @@ def _work(run: JobRun) -> Register:
     return register
 
 
-def _adapter_module(session: Session, req: dict):  # noqa: ANN202
-    """The adapter module named by the request, created (kind adapter) when missing."""
+def _adapter_module(session: Session, req: dict, owner_token_id: int | None):  # noqa: ANN202
+    """The adapter module named by the request, created (kind adapter, owned by the job's token) when
+    missing; JobFailed when it is not an adapter module or the job's token may not write it."""
     name = req["result_module"]
     module = get_or_create_module(
         session, name=name, kind="adapter", category=req["category"], task=req["task"],
         description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
+        owner_token_id=owner_token_id,
     )
     if module.kind != "adapter":
         raise JobFailed(f"Module {name!r} is a {module.kind} module; no adapter can be registered into it.")
+    # Checked again here: the module may have been created by another token since the request.
+    reason = check_job_can_write(session, module, owner_token_id)
+    if reason is not None:
+        raise JobFailed(reason + ".")
     return module
 
 
