@@ -1,7 +1,9 @@
 """Modules and their immutable versions: create, resolve references, register artifacts, move aliases.
 
-Services never commit: the caller (a route or a job) commits once, and on a failed commit calls
-`discard_orphan` so a stored object that no row references is removed.
+Services never commit: the caller (a route or a job) commits once. A failed upload never deletes the
+object it stored: objects are content-addressed and shared, so another upload of the same bytes may have
+found it in place and be about to commit a row pointing at it. Orphans are left to the sweeper
+(`graft gc`), whose grace period covers uploads in flight.
 """
 
 from __future__ import annotations
@@ -257,7 +259,7 @@ def add_version(
 
     Idempotent: the same bytes in this module, or the same (job_id, job_role), return the existing
     version with created=False. The object is stored before the row exists, so a row never points at
-    missing bytes; the caller commits and on failure calls `discard_orphan`. `pending` is the store
+    missing bytes; the caller commits (and deletes nothing on failure). `pending` is the store
     upload already fed while the file arrived (under the declared sha256): it is completed only once
     the digest and the probe passed, and the caller aborts it whatever else happens.
     """
@@ -299,9 +301,8 @@ def add_version(
             UPLOAD_PHASE.labels("probe").observe(probed - started)
         except BaseException:
             if pending is not None:
-                pending.abort()  # nothing was visible yet: no object to remove
-            elif put.exception() is None:
-                discard_orphan(session, store, sha256)
+                pending.abort()  # nothing was visible yet
+            # A stored object stays: a concurrent upload of the same bytes may rely on it (see above).
             raise
         try:
             put.result()
@@ -340,15 +341,6 @@ def add_version(
             if existing is not None:
                 return existing, False
     raise Conflict("Too many concurrent uploads to this module; retry in a moment.")
-
-
-def discard_orphan(session: Session, store: ArtifactStore, sha256: str) -> None:
-    """After a failed commit: delete the object of `sha256` unless a committed row references it."""
-    try:
-        if not repository.object_in_use(session, sha256):
-            store.delete(key_for(sha256))
-    except Exception as exc:  # the sweeper will find it later; the client's error matters more
-        log.warning("could not clean up object %s: %s", sha256, exc)
 
 
 def set_alias(session: Session, *, module: Module, alias: str, number: int) -> ModuleVersion:

@@ -22,7 +22,6 @@ from app.models import Module
 from app.modules.service import (
     add_version,
     check_job_can_write,
-    discard_orphan,
     file_sha256,
     get_or_create_module,
     resolve_version,
@@ -121,7 +120,6 @@ def _work(run: JobRun) -> Register:
                 path = Path(tmp) / f"{role}.pt2"
                 path.write_bytes(data)
                 sha256 = file_sha256(path)[0]
-                run.on_rollback.append(lambda s, sha256=sha256: discard_orphan(s, ctx.store, sha256))
                 version, _created = add_version(
                     session, ctx.store, ctx.settings, module=modules[role], file_path=path,
                     meta={

@@ -25,7 +25,6 @@ from app.modules import repository as modules_repository
 from app.modules.service import (
     add_version,
     check_job_can_write,
-    discard_orphan,
     file_sha256,
     get_or_create_module,
     resolve_version,
@@ -239,7 +238,6 @@ def _work(run: JobRun) -> Register:
             path = Path(tmp) / "adapter.safetensors"
             path.write_bytes(weights)
             sha256 = file_sha256(path)[0]
-            run.on_rollback.append(lambda s: discard_orphan(s, ctx.store, sha256))
             version, _created = add_version(
                 session, ctx.store, ctx.settings, module=module, file_path=path,
                 meta={
