@@ -11,7 +11,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,16 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("database unreachable: %s", exc)
         return JSONResponse(
             {"detail": "The database is unreachable right now; retry in a moment."}, status_code=503
+        )
+
+    @app.exception_handler(DataError)
+    async def _bad_value(_request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value the request carried (a NUL in text, a number beyond a column):
+        # the client's to fix. app/request_guard.py refuses most of these before they get here.
+        log.info("database refused a request value: %s", exc.orig)
+        return JSONResponse(
+            {"detail": "A value in the request cannot be stored: it holds a NUL character or a number "
+                       "out of range for its field; fix it and retry."}, status_code=422,
         )
 
     @app.exception_handler(DBAPIError)

@@ -373,6 +373,8 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
+        if "\x00" in str(job_id):
+            raise ValueError
         return datetime.fromisoformat(created), str(job_id)
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise BadRequest("The cursor is not valid; pass the `next_cursor` of a previous page.") from None
