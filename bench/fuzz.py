@@ -1,21 +1,26 @@
 """Fuzz the running API with schemathesis against its own /openapi.json: count 5xx and schema violations.
 
-    python -m bench.fuzz [--max-examples 40]   # writes bench/results/fuzz.md
+    python -m bench.fuzz [--max-examples 40] [--checks all] [--postgres]   # writes bench/results/fuzz.md
 
-A uvicorn server on the embedded defaults (SQLite + a local folder in a tmp data dir) with an admin
-bootstrap token; schemathesis runs every phase (examples, coverage, fuzzing, stateful) with the checks
-`not_a_server_error` and `response_schema_conformance`, and its NDJSON event stream is tallied.
+A uvicorn server with an admin bootstrap token, on the embedded defaults (SQLite + a local folder in a
+tmp data dir) or, with `--postgres`, on a fresh PostgreSQL database (GRAFT_FUZZ_PG_ADMIN, default the
+local server); schemathesis runs every phase (examples, coverage, fuzzing, stateful) with the given
+checks (default `not_a_server_error` and `response_schema_conformance`; `all` adds status-code,
+content-type, header and negative-data conformance), and its NDJSON event stream is tallied.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,16 +67,18 @@ def _tally(ndjson: Path, result: FuzzResult) -> None:
                             )
 
 
-def run_fuzz(max_examples: int, *, seed: int = 1, workdir: Path | None = None) -> FuzzResult:
+def run_fuzz(max_examples: int, *, seed: int = 1, workdir: Path | None = None, checks: str = CHECKS,
+             database_url: str | None = None) -> FuzzResult:
     """Start a server, run schemathesis against it, and tally requests, statuses and failed checks."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="graft-fuzz-"))
-    server = LocalServer(workdir / "data").start()
+    env = {"GRAFT_DATABASE_URL": database_url} if database_url else None
+    server = LocalServer(workdir / "data", env=env).start()
     result = FuzzResult()
     try:
         exe = Path(sys.executable).parent / "schemathesis"
         cmd = [
             str(exe), "run", server.url + "/openapi.json", "-H", f"Authorization: Bearer {server.token}",
-            "--checks", CHECKS, "--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1",
+            "--checks", checks, "--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1",
             "--report", "ndjson", "--report-dir", str(workdir / "report"), "--no-color",
         ]
         start = time.perf_counter()
@@ -85,22 +92,47 @@ def run_fuzz(max_examples: int, *, seed: int = 1, workdir: Path | None = None) -
     return result
 
 
+@contextlib.contextmanager
+def _database(postgres: bool) -> Iterator[str | None]:
+    """A fresh PostgreSQL database URL (dropped afterwards) when asked for, else None (SQLite)."""
+    if not postgres:
+        yield None
+        return
+    import uuid
+
+    import psycopg
+
+    admin = os.environ.get("GRAFT_FUZZ_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+    name = f"graft_fuzz_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield admin.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-examples", type=int, default=40)
+    parser.add_argument("--checks", default=CHECKS, help="schemathesis checks, e.g. all")
+    parser.add_argument("--postgres", action="store_true", help="serve from a fresh PostgreSQL database")
     parser.add_argument("--out", type=Path, default=Path("bench/results/fuzz.md"))
     args = parser.parse_args()
     import schemathesis
 
-    result = run_fuzz(args.max_examples)
+    with _database(args.postgres) as database_url:
+        result = run_fuzz(args.max_examples, checks=args.checks, database_url=database_url)
+    backend = "PostgreSQL + a local folder" if args.postgres else "the embedded defaults"
     statuses = ", ".join(f"{code}: {n}" for code, n in sorted(result.status.items()))
     failures = Counter(result.failures)
     lines = [
         "# Fuzzing the API with schemathesis",
         "",
-        f"`python -m bench.fuzz --max-examples {args.max_examples}`; "
-        f"schemathesis {schemathesis.__version__}, "
-        f"checks `{CHECKS}`, all phases, one worker, seed 1, server on the embedded defaults.",
+        f"`python -m bench.fuzz --max-examples {args.max_examples} --checks {args.checks}"
+        f"{' --postgres' if args.postgres else ''}`; schemathesis {schemathesis.__version__}, "
+        f"checks `{args.checks}`, all phases, one worker, seed 1, server on {backend}.",
         "",
         f"- requests sent: **{result.requests}** in {result.seconds:.0f} s",
         f"- 5xx responses: **{result.server_errors}**",

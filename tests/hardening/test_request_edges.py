@@ -89,3 +89,19 @@ def test_nul_and_huge_ints_name_the_problem(pg_api: TestClient) -> None:
     resp = pg_api.get("/v1/modules/a%00b")
     assert resp.status_code == 422 and "NUL" in resp.json()["detail"]
     assert pg_api.get("/v1/modules/edge-f").status_code == 200  # the guard lets ordinary requests through
+
+
+def test_openapi_documents_what_routes_answer(embedded_client: TestClient) -> None:
+    """Error statuses per route, the dashboard's HTML, and a 405's Allow naming every method at a path."""
+    paths = embedded_client.get("/openapi.json").json()["paths"]
+    assert {"404", "422"} <= set(paths["/v1/modules/{name}"]["get"]["responses"])
+    assert {"400", "409", "422"} <= set(paths["/v1/modules"]["post"]["responses"])
+    upload = paths["/v1/modules/{name}/versions"]["post"]["responses"]
+    assert {"400", "404", "409", "413", "415"} <= set(upload)
+    assert "400" in paths["/v1/jobs"]["get"]["responses"]  # a cursor the server did not make
+    assert "text/html" in paths["/ui"]["get"]["responses"]["200"]["content"]
+    assert embedded_client.get("/ui").headers["content-type"].startswith("text/html")
+    for url, allow in (("/v1/modules", "GET, POST"), ("/v1/tokens/1", "DELETE"),
+                       ("/v1/compositions", "GET, POST")):
+        resp = embedded_client.patch(url)
+        assert resp.status_code == 405 and resp.headers["allow"] == allow, (url, resp.headers)
