@@ -166,31 +166,48 @@ def check_format(path: Path, format: str) -> None:
 # Symbolic-shape expressions as torch.export writes them: `Symbol('s31', positive=True, integer=True)`,
 # `2*s0 + 1`, `FloorDiv(s1, 2)`. Only these tokens reach `sympy.sympify` (an `eval`): numbers, quoted
 # symbol names, arithmetic, and the names below or symbol names (s0, u3): no dots, brackets or dunders.
+# Powers only by a small literal (`s0**2`), short numbers, short expressions: `9**9**9` would make sympy
+# compute a number with hundreds of millions of digits, holding the thread that loads the module.
 _EXPR_TOKEN = re.compile(
     r"\s+|\d+(?:\.\d+)?(?:e[-+]?\d+)?|'[a-z]+\d+'|[A-Za-z][A-Za-z0-9]*|\*\*|//|[-+*/%(),=<>!]"
 )
 _EXPR_NAMES = frozenset(
     "Symbol Integer Float Rational True False positive integer nonnegative negative real finite "
-    "infinite zero nonzero oo Max Min Mod Abs Eq Ne Lt Le Gt Ge And Or Not Pow Mul Add floor ceiling "
-    "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv LShift RShift "
-    "PowByNatural FloatPow FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat "
+    "infinite zero nonzero oo Max Min Mod Abs Eq Ne Lt Le Gt Ge And Or Not Mul Add floor ceiling "
+    "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv RShift "
+    "FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat "
     "TruncToInt RoundToInt RoundDecimal ToFloat Identity".split()
 )
 _SYMBOL_NAME = re.compile(r"^[a-z]+\d+$")
+MAX_EXPRESSION = 1000
 
 
 def _check_expression(expr: str) -> None:
-    pos = 0
+    def refuse(why: str) -> ArtifactError:
+        return ArtifactError(f"the torch_export graph holds a shape expression {why} ({expr[:80]!r}); "
+                             "refused")
+
+    if len(expr) > MAX_EXPRESSION:
+        raise refuse(f"longer than {MAX_EXPRESSION} characters")
+    tokens, pos = [], 0
     while pos < len(expr):
         match = _EXPR_TOKEN.match(expr, pos)
         if match is None:
-            raise ArtifactError(f"the torch_export graph holds a shape expression that is not plain "
-                                f"arithmetic ({expr[:80]!r}); refused")
+            raise refuse("that is not plain arithmetic")
         token = match.group()
         if token[0].isalpha() and token not in _EXPR_NAMES and not _SYMBOL_NAME.match(token):
-            raise ArtifactError(f"the torch_export graph's shape expression uses {token!r}, which is not "
-                                "shape arithmetic; refused")
+            raise refuse(f"using {token!r}, which is not shape arithmetic")
+        if token[0].isdigit() and len(token) > 18:
+            raise refuse("with a number beyond 18 digits")
+        if not token.isspace():
+            tokens.append(token)
         pos = match.end()
+    for i, token in enumerate(tokens):
+        if token == "**":
+            exponent = tokens[i + 1] if i + 1 < len(tokens) else ""
+            after = tokens[i + 2] if i + 2 < len(tokens) else ""
+            if not (exponent.isdigit() and len(exponent) <= 2) or after == "**":
+                raise refuse("with a power other than by a small literal")
 
 
 def check_graph_json(graph: object) -> None:
@@ -229,7 +246,7 @@ def _forbidden(name: str) -> str:
 def _model_json(raw: bytes) -> dict:
     try:
         model = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise ArtifactError("the torch_export archive has an unreadable graph (models/*.json)") from None
     if not isinstance(model, dict):
         raise ArtifactError("the torch_export archive's graph is not a JSON object")

@@ -65,7 +65,11 @@ def renamed_operator_graph(target: str) -> bytes:
 
 def sympify_graph(marker: str) -> bytes:
     """A graph whose symbolic batch size is Python that creates `marker`: `torch.export.load` evals it."""
-    code = f"__import__('os').system('touch {marker}')"
+    return expression_graph(f"__import__('os').system('touch {marker}')")
+
+
+def expression_graph(code: str) -> bytes:
+    """A graph whose first symbolic dimension is the expression `code` (sympified on load)."""
 
     def edit(model: dict) -> None:
         values = model["graph_module"]["graph"]["tensor_values"]

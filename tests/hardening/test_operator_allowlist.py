@@ -73,6 +73,19 @@ def test_shape_expression_is_never_evaluated(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("expr", [
+    "9**9**9**9",  # sympy would compute it exactly: minutes of CPU in the loading thread
+    "s0**(10**10)",
+    "PowByNatural(9, 999999999)",
+    "().__class__",
+    "Symbol('s0')._sympify",
+    "s0 + 1" + "0" * 30,
+])
+def test_shape_expressions_beyond_plain_arithmetic_refused(tmp_path: Path, expr: str) -> None:
+    with pytest.raises(ArtifactError, match="shape expression"):
+        _load(tmp_path, hostile.expression_graph(expr))
+
+
 @pytest.mark.parametrize("module, name", [
     (hostile.Printer(), "aten._print"),
     (hostile.InputLoop(), "higher_order.while_loop"),
