@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     """Deliveries of one job before it is marked failed (a worker killed mid-job redelivers it)."""
     job_visibility_timeout_s: int = 6 * 3600
     """Redis visibility timeout: longer than the longest job, or it would run twice."""
+    job_time_limit_s: float = 5 * 3600
+    """Wall-clock limit of one job delivery: past it the job stops at its next training step and fails
+    (a step is bounded: uploaded graphs cannot loop). Keep it under job_visibility_timeout_s. 0: none."""
     predict_max_batch: int = 64
     """Dynamic batching: most inputs stacked into one forward pass."""
     predict_max_wait_ms: float = 2.0

@@ -22,6 +22,7 @@ from app.logging import RequestIdMiddleware, configure_logging
 from app.modules.router import router as modules_router
 from app.ops.metrics import MetricsMiddleware, job_registry
 from app.ops.router import router as ops_router
+from app.request_guard import RequestGuard
 from app.storage import open_store
 from app.web.router import router as web_router
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     app.state.job_metrics = job_registry(engine)
     install_error_handlers(app)
     app.add_middleware(PredictFastPath, graft=app)  # innermost: ids, logs and metrics still apply
+    app.add_middleware(RequestGuard)  # NUL characters and out-of-range integers: 422 at the edge
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware)  # every route, whatever its router's route class
     for router in (

@@ -106,7 +106,7 @@ def _artifact(path: Path, seed: int) -> None:
     torch.manual_seed(seed)
     side = int((SIZE_MB * 1024 * 1024 / 4) ** 0.5)
     model = torch.nn.Linear(side, side, bias=False).eval()
-    torch.jit.save(torch.jit.trace(model, torch.zeros(1, side)), str(path))
+    path.write_bytes(artifacts.save_module(model, torch.zeros(2, side), "torch_export"))
 
 
 class _Counter:
@@ -200,7 +200,7 @@ def _work_alone(path: Path, s3c, bucket: str, pid_s3: int) -> dict[str, float]: 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the probe child
     c0 = time.thread_time()
-    artifacts.probe_output_shape(artifacts.load_module(path, "torchscript"), [None, 8192])
+    artifacts.probe_output_shape(artifacts.load_module(path, "torch_export"), [None, 8192])
     probe_cpu = time.thread_time() - c0
     torch.set_num_threads(threads)
     return {**alone, "sha256_cpu_s": hash_cpu, "probe_cpu_s": probe_cpu, "relay_cpu_s": _relay_cpu_s(path)}
@@ -254,7 +254,7 @@ def bench_throughput(workdir: Path) -> dict:
         servers.append(proxy_server)
         client, proxying = Client(base, TOKEN, timeout=600), Client(proxy_base, TOKEN, timeout=600)
         client.create_module("big", "task", task="t")
-        meta = {"format": "torchscript", "input_shape": [None, 8192]}
+        meta = {"format": "torch_export", "input_shape": [None, 8192]}
         # Untimed first: the S3 server makes the bucket's volumes and the API its connections.
         path = workdir / "warm-up.pt"
         _artifact(path, seed=999)
@@ -359,7 +359,7 @@ def populate(db_name: str, n_modules: int, n_versions: int) -> float:
             for i in range(1, n_modules + 1):
                 for v in range(1, n_versions + 1):
                     sha = uuid.uuid4().hex * 2
-                    cp.write_row((i, v, sha, 1000, "torchscript", f"sha256/{sha[:2]}/{sha}",
+                    cp.write_row((i, v, sha, 1000, "torch_export", f"sha256/{sha[:2]}/{sha}",
                                   "[null, 3, 32, 32]", "[null, 16, 8, 8]", "[]", "{}", "[]",
                                   "2026-01-01T00:00:00Z"))
         cur.execute("SELECT setval('modules_id_seq', %s)", (n_modules,))

@@ -1,4 +1,8 @@
-"""Export a module to a file the server accepts (never a pickle): torch_export or torchscript."""
+"""Export a module to a file the server accepts (never a pickle): torch_export.
+
+TorchScript is not offered: the server refuses it (its graphs cannot be checked against the operator
+allow-list as strictly as torch.export's).
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-EXPORT_FORMATS = ("torch_export", "torchscript")
+EXPORT_FORMATS = ("torch_export",)
 
 
 def shape_of(example_input: torch.Tensor) -> list[int | None]:
@@ -27,13 +31,6 @@ def export_module(module: nn.Module, example_input: torch.Tensor, format: str, p
         2, *([1] * (example_input.dim() - 1))
     )
     with torch.no_grad():
-        if format == "torch_export":
-            batch = torch.export.Dim("batch", min=1)
-            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
-            torch.export.save(program, str(path))
-        else:
-            try:
-                scripted = torch.jit.script(module)
-            except Exception:  # noqa: BLE001 - not scriptable (e.g. an fx GraphModule): trace it
-                scripted = torch.jit.trace(module, (example,))
-            torch.jit.save(scripted, str(path))
+        batch = torch.export.Dim("batch", min=1)
+        program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+        torch.export.save(program, str(path))

@@ -55,16 +55,18 @@ def _tally(ndjson: Path, result: FuzzResult) -> None:
                             )
 
 
-def run_fuzz(max_examples: int, *, seed: int = 1, workdir: Path | None = None) -> FuzzResult:
+def run_fuzz(max_examples: int, *, seed: int = 1, workdir: Path | None = None, checks: str = CHECKS,
+             database_url: str | None = None) -> FuzzResult:
     """Start a server, run schemathesis against it, and tally requests, statuses and failed checks."""
     workdir = workdir or Path(tempfile.mkdtemp(prefix="graft-fuzz-"))
-    server = LocalServer(workdir / "data").start()
+    env = {"GRAFT_DATABASE_URL": database_url} if database_url else None
+    server = LocalServer(workdir / "data", env=env).start()
     result = FuzzResult()
     try:
         exe = Path(sys.executable).parent / "schemathesis"
         cmd = [
             str(exe), "run", server.url + "/openapi.json", "-H", f"Authorization: Bearer {server.token}",
-            "--checks", CHECKS, "--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1",
+            "--checks", checks, "--max-examples", str(max_examples), "--seed", str(seed), "--workers", "1",
             "--report", "ndjson", "--report-dir", str(workdir / "report"), "--no-color",
         ]
         start = time.perf_counter()

@@ -9,11 +9,19 @@ Three formats are accepted, and none of them is ever unpickled with Python's `pi
   name is checked against an allowlist, the payload configs are parsed and any pickled payload is
   refused, and the archive is copied with the sample inputs blanked out (an empty payload is read as
   "no sample inputs"): no byte of the upload reaches an unpickler.
-- `torchscript` (`torch.jit.save`): loaded by `torch.jit.load`, whose C++ unpickler only rebuilds
-  tensors and TorchScript classes compiled from the archive's own `code/`; it never imports or calls
-  Python objects, so it cannot execute arbitrary code (the TorchScript interpreter runs only tensor ops).
+- `torchscript` (`torch.jit.save`) is refused, at upload and when a stored one is loaded: its graphs
+  hold `prim::` nodes and methods that the operator allow-list cannot cover as strictly as a
+  torch.export graph, and TorchScript is deprecated upstream. The refusal says how to re-save.
 - `safetensors`: a JSON header and raw tensors, loaded into a built-in architecture named by `arch`
   (`transplant.adapters.build_from_spec`).
+
+Every torch_export graph (and every subgraph in it) is checked against `transplant.allowlist` before
+`torch.export.load` reads it, from the archive's JSON, and again on the loaded program before anything
+runs it: an operator outside the list (`aten.from_file`, `aten._print`, a while loop, an unknown op)
+is refused with `ForbiddenOperator`, naming it. The JSON check comes first because loading is not
+inert: `torch.export.load` hands every symbolic-shape expression string to `sympy.sympify`, an `eval`,
+and `.module()` `exec`s the archive's `guards_code` when sample inputs are present. So expression
+strings must be plain shape arithmetic, and `guards_code` is dropped from the copy that is loaded.
 
 A `torch.save(model)` file (zip with `data.pkl` but no `code/`, or a legacy bare pickle) is recognised
 from its member names / magic bytes alone and refused with `PickledArtifact`. `torch.load` is never
@@ -35,10 +43,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from transplant import allowlist
+
 FORMATS = ("torch_export", "torchscript", "safetensors")
 HOW_TO_SAVE = (
-    "save the module with torch.export.save(torch.export.export(model, (x,)), path), "
-    "torch.jit.save(torch.jit.script(model), path), or as safetensors weights with an `arch` spec"
+    "save the module with torch.export.save(torch.export.export(model, (x,)), path) "
+    "or as safetensors weights with an `arch` spec"
+)
+TORCHSCRIPT_REFUSED = (
+    "TorchScript artifacts are not accepted (their graphs cannot be checked against Graft's operator "
+    "allow-list as strictly as torch.export's, and TorchScript is deprecated); re-save the module with "
+    'torch.export.save(torch.export.export(model, (example,)), "m.pt2") and upload it with format '
+    "torch_export"
 )
 # A zip whose members inflate to more than this many times its size is refused (zip bomb).
 MAX_INFLATION = 20
@@ -56,6 +72,14 @@ class ArtifactError(ValueError):
 
 class PickledArtifact(ArtifactError):
     """The file is a pickle (`torch.save`), which Graft refuses to load (415)."""
+
+
+class RefusedArtifact(ArtifactError):
+    """The artifact is refused by policy, not because it is broken: TorchScript, or a forbidden operator."""
+
+
+class ForbiddenOperator(RefusedArtifact):
+    """The graph calls an operator outside the allow-list of pure tensor operators (422)."""
 
 
 class OutOfMemory(ArtifactError):
@@ -131,8 +155,127 @@ def check_format(path: Path, format: str) -> None:
         raise ArtifactError(
             f"the file is not a {format} artifact (truncated or not a saved module); {HOW_TO_SAVE}"
         )
+    if "torchscript" in (found, format):
+        raise RefusedArtifact(TORCHSCRIPT_REFUSED)
     if found != format:
         raise ArtifactError(f"the file is a {found} artifact but meta.format says {format}; fix meta.format")
+    if format == "torch_export":
+        check_export_graph(path)
+
+
+# Symbolic-shape expressions as torch.export writes them: `Symbol('s31', positive=True, integer=True)`,
+# `2*s0 + 1`, `FloorDiv(s1, 2)`. Only these tokens reach `sympy.sympify` (an `eval`): numbers, quoted
+# symbol names, arithmetic, and the names below or symbol names (s0, u3): no dots, brackets or dunders.
+# Powers only by a small literal (`s0**2`), short numbers, short expressions: `9**9**9` would make sympy
+# compute a number with hundreds of millions of digits, holding the thread that loads the module.
+_EXPR_TOKEN = re.compile(
+    r"\s+|\d+(?:\.\d+)?(?:e[-+]?\d+)?|'[a-z]+\d+'|[A-Za-z][A-Za-z0-9]*|\*\*|//|[-+*/%(),=<>!]"
+)
+_EXPR_NAMES = frozenset(
+    "Symbol Integer Float Rational True False positive integer nonnegative negative real finite "
+    "infinite zero nonzero oo Max Min Mod Abs Eq Ne Lt Le Gt Ge And Or Not Mul Add floor ceiling "
+    "FloorDiv ModularIndexing Where PythonMod CleanDiv CeilToInt FloorToInt CeilDiv RShift "
+    "FloatTrueDiv IntTrueDiv IsNonOverlappingAndDenseIndicator TruncToFloat "
+    "TruncToInt RoundToInt RoundDecimal ToFloat Identity".split()
+)
+_SYMBOL_NAME = re.compile(r"^[a-z]+\d+$")
+MAX_EXPRESSION = 1000
+
+
+def _check_expression(expr: str) -> None:
+    def refuse(why: str) -> ArtifactError:
+        return ArtifactError(f"the torch_export graph holds a shape expression {why} ({expr[:80]!r}); "
+                             "refused")
+
+    if len(expr) > MAX_EXPRESSION:
+        raise refuse(f"longer than {MAX_EXPRESSION} characters")
+    tokens, pos = [], 0
+    while pos < len(expr):
+        match = _EXPR_TOKEN.match(expr, pos)
+        if match is None:
+            raise refuse("that is not plain arithmetic")
+        token = match.group()
+        if token[0].isalpha() and token not in _EXPR_NAMES and not _SYMBOL_NAME.match(token):
+            raise refuse(f"using {token!r}, which is not shape arithmetic")
+        if token[0].isdigit() and len(token) > 18:
+            raise refuse("with a number beyond 18 digits")
+        if not token.isspace():
+            tokens.append(token)
+        pos = match.end()
+    for i, token in enumerate(tokens):
+        if token == "**":
+            exponent = tokens[i + 1] if i + 1 < len(tokens) else ""
+            after = tokens[i + 2] if i + 2 < len(tokens) else ""
+            if not (exponent.isdigit() and len(exponent) <= 2) or after == "**":
+                raise refuse("with a power other than by a small literal")
+
+
+def check_graph_json(graph: object) -> None:
+    """Refuse a torch_export archive's model JSON unless every operator and expression is allowed."""
+    for node in _walk(graph):
+        target = node.get("target")
+        if isinstance(target, str):
+            name = allowlist.serialized_name(target)
+            if not allowlist.is_allowed(name):
+                raise ForbiddenOperator(_forbidden(name))
+        expr = node.get("expr_str")
+        if expr is not None:
+            if not isinstance(expr, str):
+                raise ArtifactError("the torch_export graph holds a malformed shape expression")
+            _check_expression(expr)
+
+
+def _walk(obj: object):
+    """Every dict inside a parsed JSON value, depth first (iterative: deep nesting cannot overflow)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            yield item
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _forbidden(name: str) -> str:
+    return (f"the graph calls {name}, which is not on Graft's allow-list of pure tensor operators "
+            "(transplant/allowlist.py); operators that touch files, processes, the network or loop "
+            "on their input are never run")
+
+
+def _model_json(raw: bytes) -> dict:
+    try:
+        model = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ArtifactError("the torch_export archive has an unreadable graph (models/*.json)") from None
+    if not isinstance(model, dict):
+        raise ArtifactError("the torch_export archive's graph is not a JSON object")
+    check_graph_json(model)
+    return model
+
+
+def check_export_graph(path: Path) -> None:
+    """Check the graphs of a torch_export archive against the allow-list, reading only its JSON."""
+    prefix, members = _zip_names(path) or ("", [])
+    with zipfile.ZipFile(path) as zf:
+        for rel in members:
+            if rel.startswith("models/") and rel.endswith(".json"):
+                _model_json(zf.read(prefix + rel))
+
+
+def check_program(program: torch.export.ExportedProgram) -> None:
+    """Refuse a loaded program unless every node of its graph and subgraphs calls an allowed operator."""
+    for gm in program.graph_module.modules():
+        if not isinstance(gm, torch.fx.GraphModule):
+            continue
+        for node in gm.graph.nodes:
+            if node.op in ("placeholder", "output", "get_attr"):
+                continue
+            if node.op != "call_function":
+                raise ForbiddenOperator(f"the graph has a {node.op} node ({node.target}); refused")
+            name = allowlist.target_name(node.target)
+            if not allowlist.is_allowed(name):
+                raise ForbiddenOperator(_forbidden(name))
 
 
 def _check_payload_config(raw: bytes, kind: str) -> None:
@@ -167,6 +310,13 @@ def _sanitised_export_copy(path: Path, dest: Path) -> None:
                 _check_payload_config(src.read(info), "weight")
             elif rel.endswith("_constants_config.json"):
                 _check_payload_config(src.read(info), "constant")
+            elif rel.startswith("models/") and rel.endswith(".json"):
+                # Checked again on these very bytes; guards_code is Python source that `.module()`
+                # would exec, so the loaded copy never carries it.
+                model = _model_json(src.read(info))
+                model["guards_code"] = []
+                out.writestr(info.filename, json.dumps(model))
+                continue
             if rel.startswith("data/sample_inputs/"):
                 out.writestr(info.filename, b"")
                 continue
@@ -194,9 +344,9 @@ def load_module(path: Path, format: str, arch: dict | None = None) -> nn.Module:
                 clean = Path(tmp) / "clean.pt2"
                 _sanitised_export_copy(path, clean)
                 with TORCH_EXPORT_LOCK:
-                    module = torch.export.load(clean).module()
-        elif format == "torchscript":
-            module = torch.jit.load(str(path), map_location="cpu")
+                    program = torch.export.load(clean)
+                    check_program(program)
+                    module = program.module()
         else:
             module = _load_safetensors(path, arch)
     except ArtifactError:

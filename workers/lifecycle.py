@@ -46,6 +46,9 @@ class JobRun:
 
     def __init__(self, job: Job, ctx: JobContext) -> None:
         self.job_id = job.id
+        self.owner_token_id = job.owner_token_id  # modules the job creates belong to this token
+        self.started = time.monotonic()
+        self.timed_out = False
         self.request: dict = dict(job.request)
         self.attempts = job.attempts
         self.ctx = ctx
@@ -76,9 +79,20 @@ class JobRun:
         self.flush()
 
     def should_stop(self) -> bool:
-        """Stop when the job is cancelled or the process shuts down (checked at every step)."""
+        """Stop when the job is cancelled, ran past its time limit, or the process shuts down.
+
+        Checked at every step. A step is bounded, since an uploaded graph is straight-line code (its
+        operators exclude loops, transplant/allowlist.py), so a job over its limit really stops.
+        """
         self.flush()
-        return self.cancel_requested or self.ctx.stopping.is_set()
+        limit = self.ctx.settings.job_time_limit_s
+        if limit and time.monotonic() - self.started > limit:
+            self.timed_out = True
+        return self.cancel_requested or self.timed_out or self.ctx.stopping.is_set()
+
+    def time_limit_message(self) -> str:
+        return (f"The job ran past its time limit of {self.ctx.settings.job_time_limit_s:g} s "
+                "(GRAFT_JOB_TIME_LIMIT_S) and was stopped; ask for fewer steps or a smaller batch.")
 
     def flush(self, force: bool = False) -> None:
         """Write progress and read the cancel flag, at most every FLUSH_INTERVAL_S unless forced."""
@@ -164,6 +178,8 @@ def run_job(job_id: str, ctx: JobContext, work: Work, *, redelivered: bool = Fal
     try:
         register = work(run)
         run.flush(force=True)
+        if run.timed_out:
+            raise JobFailed(run.time_limit_message())
         if run.cancel_requested or ctx.stopping.is_set():
             raise Cancelled("cancelled before the results were registered")
         with ctx.sessionmaker() as session:
@@ -186,6 +202,10 @@ def run_job(job_id: str, ctx: JobContext, work: Work, *, redelivered: bool = Fal
                 raise
         return "succeeded"
     except Cancelled:
+        if run.timed_out and not run.cancel_requested:
+            _end(ctx, job_id, "failed", error=run.time_limit_message(),
+                 progress={**run.progress, "stage": "failed"}, history=run.history)
+            return "failed"
         if ctx.stopping.is_set() and not run.cancel_requested:
             with ctx.sessionmaker() as session:  # shutting down: run it again at the next start
                 repository.release(session, job_id)

@@ -2,7 +2,7 @@
 
 Runs inside the job's final transaction (`Register`, see `workers.lifecycle`): the version carries
 `job_id` and `job_role`, so a second delivery of the same job registers nothing twice, and a rollback
-removes the stored object that no row references.
+leaves a stored object no row references to the sweeper's grace period.
 """
 
 from __future__ import annotations
@@ -13,21 +13,27 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from app.models import Module, ModuleVersion
-from app.modules.service import add_version, discard_orphan, file_sha256, get_or_create_module
+from app.modules.service import add_version, check_job_can_write, file_sha256, get_or_create_module
 from workers.lifecycle import JobFailed, JobRun
 
 
-def result_module(session: Session, name: str, kind: str, *, description: str, what: str,
-                  **fields: str) -> Module:
-    """Module `name` for a job's result, created (of `kind`) when missing; JobFailed if it is another kind.
+def result_module(session: Session, name: str, kind: str, *, owner_token_id: int | None, description: str,
+                  what: str, **fields: str) -> Module:
+    """Module `name` for a job's result, created (of `kind`, owned by the job's token) when missing;
+    JobFailed if it is another kind or the job's token may not write it.
 
     what: the result, as the error names it ("the adapter", "the student's task module")."""
-    module = get_or_create_module(session, name=name, kind=kind, description=description, **fields)
+    module = get_or_create_module(session, name=name, kind=kind, description=description,
+                                  owner_token_id=owner_token_id, **fields)
     if module.kind != kind:
         raise JobFailed(
             f"Module {name!r} is a {module.kind} module; {what} cannot be registered into it (give a "
             f"module name that is new or of kind {kind})."
         )
+    # Checked again here (the request was checked too): another token may have created it since.
+    reason = check_job_can_write(session, module, owner_token_id)
+    if reason is not None:
+        raise JobFailed(reason + ".")
     return module
 
 
@@ -38,8 +44,7 @@ def register_artifact(run: JobRun, session: Session, *, module: Module, data: by
     with tempfile.TemporaryDirectory(prefix="graft-result-") as tmp:
         path = Path(tmp) / filename
         path.write_bytes(data)
-        sha256 = file_sha256(path)[0]
-        run.on_rollback.append(lambda s: discard_orphan(s, ctx.store, sha256))
+        sha256 = file_sha256(path)[0]  # a rollback leaves the stored object to the sweeper (`graft gc`)
         version, _created = add_version(
             session, ctx.store, ctx.settings, module=module, file_path=path, meta=meta, parents=parents,
             job_id=run.job_id, job_role=job_role, sha256=sha256,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.auth import repository, service
@@ -63,7 +63,9 @@ def list_tokens(session: SessionDep, _: AdminAuth) -> list[TokenRead]:
 
 
 @router.delete("/{token_id}", response_model=TokenRead)
-def revoke_token(token_id: int, session: SessionDep, _: AdminAuth) -> TokenRead:
+def revoke_token(
+    session: SessionDep, _: AdminAuth, token_id: int = Path(ge=1, le=2**31 - 1, description="A token id.")
+) -> TokenRead:
     """Revoke a token: it stops working at once."""
     token = repository.get(session, token_id)
     if token is None:

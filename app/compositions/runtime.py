@@ -24,7 +24,7 @@ from app.compositions.cache import ModelCache
 from app.config import Settings
 from app.errors import BackendUnavailable, GraftError, Unprocessable
 from app.storage import ArtifactStore
-from transplant.artifacts import ArtifactError, load_module
+from transplant.artifacts import ArtifactError, RefusedArtifact, load_module
 from transplant.compose import compose
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,9 @@ class Serving:
             ) from None
         try:
             return load_module(path, piece.format, piece.arch)
+        except RefusedArtifact as exc:
+            # Checked again on every load (stored bytes can change, and the rules can tighten).
+            raise Unprocessable(f"{piece.label} is refused: {exc}.") from None
         except ArtifactError as exc:
             # Stored artifacts were checked on upload; failing now means the stored bytes changed.
             raise BrokenArtifact(f"the stored artifact of {piece.label} no longer loads: {exc}") from exc

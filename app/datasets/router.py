@@ -16,7 +16,6 @@ from app.deps import ReadAuth, SessionDep, SettingsDep, StoreDep, WriteAuth
 from app.errors import Unprocessable
 from app.models import Dataset
 from app.modules.cursor import MAX_LIMIT, decode_cursor, encode_cursor
-from app.modules.service import discard_orphan
 from app.ops.metrics import MetricsRoute
 from app.storage import ArtifactStore
 from app.storage.upload import multipart_openapi, receive_multipart
@@ -41,8 +40,7 @@ def _register(
     try:
         session.commit()
     except Exception:
-        session.rollback()
-        discard_orphan(session, store, sha256)
+        session.rollback()  # the stored object stays for the sweeper: it may be shared
         raise
     return _read(dataset)
 

@@ -80,8 +80,11 @@ def job_events_stream(job_id: str, request: Request, session: SessionDep, _: Rea
 
 
 @router.post("/v1/jobs/{job_id}/cancel", response_model=JobRead)
-def cancel_job(job_id: str, session: SessionDep, _: WriteAuth) -> JobRead:
-    """Cancel: a queued job never starts, a running one stops at its next step; 409 if it ended."""
-    job = service.cancel_job(session, job_id)
+def cancel_job(job_id: str, session: SessionDep, principal: WriteAuth) -> JobRead:
+    """Cancel: a queued job never starts, a running one stops at its next step; 409 if it ended.
+
+    Only the token that queued the job, or an admin, may cancel it (403 otherwise).
+    """
+    job = service.cancel_job(session, job_id, principal)
     session.commit()
     return JobRead.model_validate(job)

@@ -13,8 +13,9 @@ import torch
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from app.auth.service import Principal
 from app.datasets.service import get_dataset
-from app.errors import BadRequest, Conflict, NotFound, Unprocessable
+from app.errors import BadRequest, Conflict, Forbidden, NotFound, Unprocessable
 from app.jobs import repository
 from app.jobs.dispatch import enqueue_after_commit
 from app.jobs.schemas import (
@@ -27,7 +28,7 @@ from app.jobs.schemas import (
 from app.models import Job, Module, ModuleVersion
 from app.models.job import FINAL_STATUSES
 from app.modules.schemas import NAME_PATTERN
-from app.modules.service import get_module, resolve_version, version_ref
+from app.modules.service import check_job_can_write, get_module, resolve_version, version_ref
 from transplant.adapters import AdapterConfig, build_adapter, fit_adapter_config
 from transplant.amalgamate import StudentConfig
 from transplant.amalgamate.student import block_shapes
@@ -158,7 +159,13 @@ def _derived_name(category: str, task: str) -> str:
     return name[:128]
 
 
-def _check_result_module(session: Session, name: str) -> None:
+def _check_owner(session: Session, module: Module, owner_token_id: int | None) -> None:
+    reason = check_job_can_write(session, module, owner_token_id)
+    if reason is not None:
+        raise Forbidden(reason + ".")
+
+
+def _check_result_module(session: Session, name: str, owner_token_id: int | None) -> None:
     if not re.match(NAME_PATTERN, name):
         raise Unprocessable(
             f"result_module {name!r} is not a valid module name; use lowercase letters, digits, '.', '_' "
@@ -173,6 +180,7 @@ def _check_result_module(session: Session, name: str) -> None:
             f"Module {name!r} exists and is a {module.kind} module; name another result_module "
             "for the adapter."
         )
+    _check_owner(session, module, owner_token_id)
 
 
 def create_transplant(session: Session, body: TransplantCreate, *, owner_token_id: int | None) -> Job:
@@ -227,7 +235,7 @@ def create_transplant(session: Session, body: TransplantCreate, *, owner_token_i
     category = f.module.category or f.module.name
     task = g_s.module.task or g_s.module.name
     result_module = body.result_module or _derived_name(category, task)
-    _check_result_module(session, result_module)
+    _check_result_module(session, result_module, owner_token_id)
     request = {
         "category": category,
         "task": task,
@@ -292,7 +300,9 @@ def _teacher_classes(field: str, head: ModuleVersion, classes: list[str] | None)
     return list(classes)
 
 
-def _check_student_module(session: Session, name: str, kind: str, field: str, value: str) -> None:
+def _check_student_module(
+    session: Session, name: str, kind: str, field: str, value: str, owner_token_id: int | None
+) -> None:
     """A module the student will be registered into: new, or of `kind` for the same category/task."""
     try:
         module = get_module(session, name)
@@ -304,6 +314,7 @@ def _check_student_module(session: Session, name: str, kind: str, field: str, va
             f"the student's {kind} module must be a {kind} module of {field} {value!r}: name another "
             "result_module."
         )
+    _check_owner(session, module, owner_token_id)
 
 
 def create_amalgamation(session: Session, body: AmalgamationCreate, *, owner_token_id: int | None) -> Job:
@@ -351,8 +362,8 @@ def create_amalgamation(session: Session, body: AmalgamationCreate, *, owner_tok
             "'_' or '-'."
         )
     task_module = re.sub(r"[^a-z0-9._-]+", "-", f"{category}-{task}".lower()).strip("-._")[:128]
-    _check_student_module(session, category, "category", "category", category)
-    _check_student_module(session, task_module, "task", "task", task)
+    _check_student_module(session, category, "category", "category", category, owner_token_id)
+    _check_student_module(session, task_module, "task", "task", task, owner_token_id)
     request = {
         "teachers": teachers,
         "dataset": dataset.id,
@@ -390,6 +401,8 @@ def _decode_cursor(cursor: str | None) -> tuple[datetime, str] | None:
         return None
     try:
         created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))["after"]
+        if "\x00" in str(job_id):
+            raise ValueError
         return datetime.fromisoformat(created), str(job_id)
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise BadRequest("The cursor is not valid; pass the `next_cursor` of a previous page.") from None
@@ -408,9 +421,17 @@ def list_jobs(
     return jobs, (_encode_cursor(jobs[-1]) if more else None)
 
 
-def cancel_job(session: Session, job_id: str) -> Job:
-    """Cancel a queued job at once, or ask a running one to stop; Conflict when it already ended."""
+def cancel_job(session: Session, job_id: str, principal: Principal) -> Job:
+    """Cancel a queued job at once, or ask a running one to stop; Conflict when it already ended.
+
+    Only the token that queued the job, or an admin, may cancel it.
+    """
     job = get_job(session, job_id)
+    if not principal.is_admin and (job.owner_token_id is None or job.owner_token_id != principal.token_id):
+        raise Forbidden(
+            f"Job {job_id} was queued by another token: only the token that queued a job, or an admin, "
+            "may cancel it."
+        )
     if job.status not in FINAL_STATUSES:
         if repository.cancel_if_queued(session, job_id) or repository.request_cancel_if_running(
             session, job_id

@@ -24,6 +24,10 @@ def decode_cursor(cursor: str | None) -> int | str | None:
         after = json.loads(raw)["after"]
         if not isinstance(after, (int, str)) or isinstance(after, bool):
             raise ValueError
+        if isinstance(after, int) and not 0 <= after <= 2**31 - 1:  # ids are 32-bit columns
+            raise ValueError
+        if isinstance(after, str) and "\x00" in after:
+            raise ValueError
         return after
     except (binascii.Error, ValueError, KeyError, TypeError, UnicodeDecodeError):
         raise BadRequest("The cursor is not valid; pass the `next_cursor` of a previous page.") from None

@@ -134,8 +134,7 @@ def _register_upload(
         try:
             session.commit()
         except Exception:
-            session.rollback()
-            service.discard_orphan(session, store, sha256)
+            session.rollback()  # the stored object stays for the sweeper: it may be shared
             raise
     return _version_read(session, version), created
 

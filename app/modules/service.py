@@ -1,7 +1,9 @@
 """Modules and their immutable versions: create, resolve references, register artifacts, move aliases.
 
-Services never commit: the caller (a route or a job) commits once, and on a failed commit calls
-`discard_orphan` so a stored object that no row references is removed.
+Services never commit: the caller (a route or a job) commits once. A failed upload never deletes the
+object it stored: objects are content-addressed and shared, so another upload of the same bytes may have
+found it in place and be about to commit a row pointing at it. Orphans are left to the sweeper
+(`graft gc`), whose grace period covers uploads in flight.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from app.auth.service import Principal
 from app.config import Settings
 from app.errors import BackendUnavailable, Conflict, Forbidden, NotFound, Unprocessable, UnsupportedFormat
-from app.models import Module, ModuleVersion
+from app.models import ApiToken, Module, ModuleVersion
 from app.modules import repository
 from app.modules.probe import ProbeFailed, probe_artifact
 from app.modules.schemas import ALIAS_PATTERN, NAME_PATTERN, VersionMeta
@@ -53,6 +55,23 @@ def check_can_write(module: Module, principal: Principal) -> None:
         return
     raise Forbidden(
         f"Module {module.name!r} belongs to another token; push with that token, or ask an admin."
+    )
+
+
+def check_job_can_write(session: Session, module: Module, owner_token_id: int | None) -> str | None:
+    """Why a job queued by token `owner_token_id` may not write into `module`, or None when it may.
+
+    The rule of version uploads, for the token that asked for the job: its own modules, unowned ones,
+    or any module when that token is an admin (the bootstrap token, id None, is one).
+    """
+    if module.owner_token_id is None or owner_token_id is None or module.owner_token_id == owner_token_id:
+        return None
+    token = session.get(ApiToken, owner_token_id)
+    if token is not None and "admin" in (token.scopes or []):
+        return None
+    return (
+        f"Module {module.name!r} belongs to another token: a job writes only into modules of the token "
+        "that asked for it (or any module, for an admin); name another result_module"
     )
 
 
@@ -97,7 +116,7 @@ def create_module(
 
 def get_or_create_module(
     session: Session, *, name: str, kind: str, category: str | None = None, task: str | None = None,
-    description: str | None = None,
+    description: str | None = None, owner_token_id: int | None = None,
 ) -> Module:
     """The module `name`, created when missing; when a concurrent transaction creates it first, that one.
 
@@ -110,7 +129,8 @@ def get_or_create_module(
     module = repository.get_by_name(session, name)
     if module is not None:
         return module
-    fields = {"kind": kind, "category": category, "task": task, "description": description}
+    fields = {"kind": kind, "category": category, "task": task, "description": description,
+              "owner_token_id": owner_token_id}
     if session.get_bind().dialect.name == "sqlite":
         return create_module(session, name=name, **fields)
     try:
@@ -239,7 +259,7 @@ def add_version(
 
     Idempotent: the same bytes in this module, or the same (job_id, job_role), return the existing
     version with created=False. The object is stored before the row exists, so a row never points at
-    missing bytes; the caller commits and on failure calls `discard_orphan`. `pending` is the store
+    missing bytes; the caller commits (and deletes nothing on failure). `pending` is the store
     upload already fed while the file arrived (under the declared sha256): it is completed only once
     the digest and the probe passed, and the caller aborts it whatever else happens.
     """
@@ -281,9 +301,8 @@ def add_version(
             UPLOAD_PHASE.labels("probe").observe(probed - started)
         except BaseException:
             if pending is not None:
-                pending.abort()  # nothing was visible yet: no object to remove
-            elif put.exception() is None:
-                discard_orphan(session, store, sha256)
+                pending.abort()  # nothing was visible yet
+            # A stored object stays: a concurrent upload of the same bytes may rely on it (see above).
             raise
         try:
             put.result()
@@ -322,15 +341,6 @@ def add_version(
             if existing is not None:
                 return existing, False
     raise Conflict("Too many concurrent uploads to this module; retry in a moment.")
-
-
-def discard_orphan(session: Session, store: ArtifactStore, sha256: str) -> None:
-    """After a failed commit: delete the object of `sha256` unless a committed row references it."""
-    try:
-        if not repository.object_in_use(session, sha256):
-            store.delete(key_for(sha256))
-    except Exception as exc:  # the sweeper will find it later; the client's error matters more
-        log.warning("could not clean up object %s: %s", sha256, exc)
 
 
 def set_alias(session: Session, *, module: Module, alias: str, number: int) -> ModuleVersion:

@@ -26,8 +26,13 @@ class LocalArtifactStore(ArtifactStore):
 
     def put_file(self, path: Path, key: str) -> None:
         dest = self._path(key)
-        if dest.exists():
+        try:
+            # Content-addressed: the bytes are there. Made young again, so the sweeper's grace period
+            # covers this upload until its row commits (an old orphan could otherwise go meanwhile).
+            os.utime(dest)
             return
+        except FileNotFoundError:
+            pass
         dest.parent.mkdir(parents=True, exist_ok=True)
         # Copy then rename: a reader never sees a half-written object.
         fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".incoming-")

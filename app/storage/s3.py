@@ -21,7 +21,7 @@ from botocore.exceptions import ClientError
 
 from app.config import Settings
 from app.storage.base import ArtifactStore, PendingPut
-from app.storage.s3_stream import S3MultipartPut
+from app.storage.s3_stream import S3MultipartPut, refresh_object
 
 
 class S3ArtifactStore(ArtifactStore):
@@ -66,8 +66,9 @@ class S3ArtifactStore(ArtifactStore):
         return f"{self.prefix}/{key}" if self.prefix else key
 
     def put_file(self, path: Path, key: str) -> None:
-        # Content-addressed: an existing object already holds these exact bytes.
-        if self.exists(key):
+        # Content-addressed: an existing object already holds these exact bytes; it is made young again
+        # so the sweeper's grace period covers this upload until its row commits.
+        if self.exists(key) and refresh_object(self.client, self.bucket, self._key(key)):
             return
         self.client.upload_file(str(path), self.bucket, self._key(key), Config=self.transfer)
 
@@ -148,3 +149,4 @@ class S3ArtifactStore(ArtifactStore):
 
     def ping(self) -> None:
         self.client.head_bucket(Bucket=self.bucket)
+

@@ -60,8 +60,9 @@ class S3MultipartPut(PendingPut):
     def _start(self) -> None:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key)
-            self.skipped = True
-            return
+            if refresh_object(self.client, self.bucket, self.key):  # young again: see S3 put_file
+                self.skipped = True
+                return
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchKey", "NotFound"):
                 raise
@@ -178,3 +179,13 @@ def _proxied(endpoint_url: str) -> bool:
     proxies = urllib.request.getproxies()
     proxy = proxies.get(url.scheme) or proxies.get("all")
     return bool(proxy) and not urllib.request.proxy_bypass(url.hostname or "")
+
+def refresh_object(client, bucket: str, key: str) -> bool:  # noqa: ANN001
+    """Reset an object's LastModified (a copy onto itself); False when that failed (then re-upload it)."""
+    try:
+        client.copy_object(Bucket=bucket, Key=key, CopySource={"Bucket": bucket, "Key": key},
+                           MetadataDirective="REPLACE")
+        return True
+    except Exception as exc:  # noqa: BLE001 - e.g. objects over 5 GB cannot be copied in one request
+        log.info("could not refresh %s (%s); uploading it again", key, exc)
+        return False

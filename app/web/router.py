@@ -23,7 +23,7 @@ SWAGGER_ASSETS = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "
 router = APIRouter(tags=["dashboard"])
 
 
-@router.get("/ui", include_in_schema=True, summary="The dashboard page (HTML)")
+@router.get("/ui", include_in_schema=True, summary="The dashboard page (HTML)", response_class=HTMLResponse)
 def dashboard() -> FileResponse:
     """The dashboard's HTML shell; its data calls carry the token pasted into the page."""
     return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
@@ -34,7 +34,11 @@ def dashboard_slash() -> RedirectResponse:
     return RedirectResponse("/ui")
 
 
-@router.get("/ui/static/{name}", summary="A dashboard asset (JS / CSS)")
+_ASSET_RESPONSE = {200: {"content": {media: {} for media in ASSETS.values()}, "description": "The asset."}}
+
+
+@router.get("/ui/static/{name}", summary="A dashboard asset (JS / CSS)", response_class=FileResponse,
+            responses=_ASSET_RESPONSE)
 def dashboard_asset(name: str) -> FileResponse:
     """One of the dashboard's static files."""
     if name not in ASSETS:

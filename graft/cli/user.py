@@ -90,8 +90,8 @@ def modules_push(
                                     "e.g. --input-shape null,3,32,32 (JSON \\[null, 3, 32, 32] works too)."),
     name: str = typer.Option(None, help="Module name, created when new; default: the file name without "
                              "its suffix (bird-f.pt2 → bird-f)."),
-    format: str = typer.Option(None, help="torch_export | torchscript | safetensors; default from the "
-                               "suffix (.pt2 → torch_export, .pt → torchscript), e.g. --format torchscript."),
+    format: str = typer.Option(None, help="torch_export | safetensors; default from the suffix "
+                               "(.pt2 → torch_export, .safetensors → safetensors)."),
     category: str = typer.Option(None, help="The category a category module reads, e.g. --category bird."),
     task: str = typer.Option(None, help="The task a task module solves, e.g. --task cls."),
     arch: str = typer.Option(None, help='safetensors only: the architecture as JSON, '

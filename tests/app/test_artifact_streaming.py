@@ -39,7 +39,7 @@ SIDE = 1600  # a Linear(1600, 1600): 10.2 MB of weights, two parts (more than th
 @pytest.fixture(scope="module")
 def big() -> bytes:
     torch.manual_seed(0)
-    return save_module(torch.nn.Linear(SIDE, SIDE, bias=False).eval(), torch.zeros(2, SIDE), "torchscript")
+    return save_module(torch.nn.Linear(SIDE, SIDE, bias=False).eval(), torch.zeros(2, SIDE), "torch_export")
 
 
 @pytest.fixture
@@ -78,7 +78,7 @@ def s3_calls(s3_api, monkeypatch) -> dict[str, int]:
 
 
 def send(api, data: bytes, sha256: str | None, **meta):
-    meta = {"format": "torchscript", "input_shape": [None, SIDE], **meta}
+    meta = {"format": "torch_export", "input_shape": [None, SIDE], **meta}
     if sha256 is not None:
         meta["sha256"] = sha256
     files = {"file": ("big.pt", data)}
@@ -144,7 +144,7 @@ def test_streamed_upload_then_presigned_download(s3_api, s3_calls, big, monkeypa
     got = httpx.get(location)  # a plain client: no Graft token, the URL's signature is the credential
     assert got.status_code == 200
     assert hashlib.sha256(got.content).hexdigest() == sha and got.content == big
-    assert 'filename="big-1.pt"' in got.headers.get("content-disposition", "")
+    assert 'filename="big-1.pt2"' in got.headers.get("content-disposition", "")
 
 
 @pytest.fixture
@@ -202,7 +202,7 @@ def raw_upload(port: int, meta: dict, data: bytes, *, gate, finish: bool) -> int
 def test_a_failed_streamed_upload_leaves_nothing(s3_api, s3_calls, live, big, case: str) -> None:
     """Each failure after a part has gone to S3 (the upload is held back until one has)."""
     sha = hashlib.sha256(big).hexdigest()
-    meta = {"format": "torchscript", "input_shape": [None, SIDE], "sha256": sha}
+    meta = {"format": "torch_export", "input_shape": [None, SIDE], "sha256": sha}
     if case == "wrong_digest":
         meta["sha256"] = hashlib.sha256(b"other bytes").hexdigest()
     elif case == "refused_artifact":

@@ -1,4 +1,5 @@
-"""Nothing half-written: a failed store put leaves no row, a failed commit leaves no object."""
+"""Nothing half-written: a failed store put leaves no row; a failed commit leaves no row, and its object
+(content-addressed, maybe shared with a concurrent upload) to the sweeper."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from transplant.artifacts import save_module
 
 @pytest.fixture(scope="module")
 def artifact() -> bytes:
-    return save_module(conv_net(), torch.zeros(2, 3, 8, 8), "torchscript")
+    return save_module(conv_net(), torch.zeros(2, 3, 8, 8), "torch_export")
 
 
 def test_failed_put_leaves_no_row(api, artifact, monkeypatch) -> None:
@@ -25,12 +26,12 @@ def test_failed_put_leaves_no_row(api, artifact, monkeypatch) -> None:
         raise ConnectionError("store went away")
 
     monkeypatch.setattr(store, "put_file", broken_put)
-    resp = upload(api, "bird-f", artifact, "torchscript")
+    resp = upload(api, "bird-f", artifact, "torch_export")
     assert resp.status_code == 503 and "store" in resp.json()["detail"]
     assert api.get("/v1/modules/bird-f").json()["versions"] == []
 
 
-def test_failed_commit_leaves_no_object(api, artifact, monkeypatch) -> None:
+def test_failed_commit_leaves_no_row_and_the_object_to_the_sweeper(api, artifact, monkeypatch) -> None:
     import hashlib
 
     make_module(api)
@@ -46,9 +47,18 @@ def test_failed_commit_leaves_no_object(api, artifact, monkeypatch) -> None:
         return real_commit(self)
 
     monkeypatch.setattr(Session, "commit", commit_once_failing)
-    resp = upload(api, "bird-f", artifact, "torchscript")
+    resp = upload(api, "bird-f", artifact, "torch_export")
     assert resp.status_code == 503
     monkeypatch.setattr(Session, "commit", real_commit)
-    assert not api.app.state.store.exists(key_for(hashlib.sha256(artifact).hexdigest()))
+    key = key_for(hashlib.sha256(artifact).hexdigest())
     assert api.get("/v1/modules/bird-f").json()["versions"] == []
-    assert upload(api, "bird-f", artifact, "torchscript").status_code == 201
+    assert api.app.state.store.exists(key)  # an orphan, left to the sweeper's grace period
+
+    from datetime import UTC, datetime, timedelta
+
+    from app.storage.sweeper import sweep_orphans
+
+    with api.app.state.sessionmaker() as session:
+        later = datetime.now(UTC) + timedelta(hours=2)
+        assert sweep_orphans(session, api.app.state.store, now=later).deleted == [key]
+    assert upload(api, "bird-f", artifact, "torch_export").status_code == 201

@@ -1,10 +1,9 @@
 """A small registry for the composition tests, uploaded through the API once per session.
 
-f (torch_export): (3, 6, 6) → (4, 6, 6); g_s (torchscript, generic): (4, 6, 6) → 3 logits;
+f (torch_export): (3, 6, 6) → (4, 6, 6); g_s (torch_export, generic): (4, 6, 6) → 3 logits;
 g_t (torch_export, trained on "bird": the teacher's head, a native pair with f); h (safetensors
-adapter with `arch`): (4, 6, 6) → (4, 6, 6). "owl" has f (torchscript) and an adapter but no teacher.
-Most uploads are TorchScript or safetensors: the first torch.export load in each probe process costs
-seconds, and the test budget is small.
+adapter with `arch`): (4, 6, 6) → (4, 6, 6). "owl" has f (the same bytes) and an adapter but no teacher.
+Uploads are torch_export or safetensors: TorchScript is refused (transplant/allowlist.py).
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ def _nets() -> dict[str, nn.Module]:
 @dataclass
 class Artifacts:
     f: bytes
-    f_ts: bytes
     g_s: bytes
     g_t: bytes
     h: bytes
@@ -67,8 +65,7 @@ def artifacts() -> Artifacts:
     h_bytes, spec = save_adapter(h, cfg)
     return Artifacts(
         f=save_module(nets["f"], x, "torch_export"),
-        f_ts=save_module(nets["f"], x, "torchscript"),
-        g_s=save_module(nets["g_s"], feats, "torchscript"),
+        g_s=save_module(nets["g_s"], feats, "torch_export"),
         g_t=save_module(nets["g_t"], feats, "torch_export"),
         h=h_bytes,
         h_spec=spec,
@@ -96,7 +93,7 @@ def register_base(api: TestClient, art: Artifacts, category: str = "bird", task:
     make_module(api, f"{category}-f", "category", category=category)
     upload(api, f"{category}-f", art.f, "torch_export", X_SHAPE)
     make_module(api, f"{task}-generic", "task", task=task)
-    upload(api, f"{task}-generic", art.g_s, "torchscript", FEAT_SHAPE, trained_on=["cat", "dog"])
+    upload(api, f"{task}-generic", art.g_s, "torch_export", FEAT_SHAPE, trained_on=["cat", "dog"])
     make_module(api, f"{category}-{task}-teacher", "task", task=task)
     upload(api, f"{category}-{task}-teacher", art.g_t, "torch_export", FEAT_SHAPE, trained_on=[category])
 
@@ -149,6 +146,6 @@ def served(tmp_path_factory: pytest.TempPathFactory, artifacts: Artifacts) -> It
         register_base(client, artifacts)  # bird: a native pair (its teacher's head)
         register_adapter(client, artifacts, metrics={"agreement": 0.93})
         make_module(client, "owl-f", "category", category="owl")  # owl: only through an adapter
-        upload(client, "owl-f", artifacts.f_ts, "torchscript", X_SHAPE)
+        upload(client, "owl-f", artifacts.f, "torch_export", X_SHAPE)
         register_adapter(client, artifacts, category="owl", metrics={"agreement": 0.88})
         yield client

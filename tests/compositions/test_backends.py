@@ -12,9 +12,9 @@ from tests.compositions.conftest import FEAT_SHAPE, X_SHAPE, local_forward, make
 
 def test_compose_and_predict(api, artifacts, tmp_path: Path) -> None:
     make_module(api, "bird-f", "category", category="bird")
-    upload(api, "bird-f", artifacts.f_ts, "torchscript", X_SHAPE)
+    upload(api, "bird-f", artifacts.f, "torch_export", X_SHAPE)
     make_module(api, "generic", "task", task="classify")
-    upload(api, "generic", artifacts.g_s, "torchscript", FEAT_SHAPE)
+    upload(api, "generic", artifacts.g_s, "torch_export", FEAT_SHAPE)
     make_module(api, "bird-h", "adapter", category="bird", task="classify")
     upload(api, "bird-h", artifacts.h, "safetensors", FEAT_SHAPE, arch=artifacts.h_spec,
            metrics={"agreement": 1})

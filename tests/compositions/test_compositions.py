@@ -57,7 +57,7 @@ def test_aliases_win_over_newer_versions(served, artifacts) -> None:
     # A second (newer) version of owl-f; an alias on version 1 makes the cell keep version 1.
     torch.manual_seed(3)
     f2 = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh()).eval()
-    upload(served, "owl-f", save_module(f2, torch.zeros(2, 3, 6, 6), "torchscript"), "torchscript",
+    upload(served, "owl-f", save_module(f2, torch.zeros(2, 3, 6, 6), "torch_export"), "torch_export",
            [None, 3, 6, 6])
     newest = served.post("/v1/compositions", json={"category": "owl", "task": "classify"}).json()
     assert newest["category_module"] == {"name": "owl-f", "version": 2}
@@ -75,7 +75,7 @@ def test_pieces_that_do_not_chain_get_a_422_naming_them(served) -> None:
 
     make_module(served, "wide-head", "task", task="classify")
     head = nn.Sequential(nn.Flatten(), nn.Linear(8 * 6 * 6, 2)).eval()
-    upload(served, "wide-head", save_module(head, torch.zeros(2, 8, 6, 6), "torchscript"), "torchscript",
+    upload(served, "wide-head", save_module(head, torch.zeros(2, 8, 6, 6), "torch_export"), "torch_export",
            [None, 8, 6, 6])
     resp = served.post("/v1/compositions", json={
         "category_module": "bird-f@1", "adapter": "bird-classify-h@1", "task_module": "wide-head@1"})

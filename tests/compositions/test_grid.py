@@ -26,7 +26,7 @@ def test_grid_follows_a_transplant(served, artifacts, tmp_path: Path) -> None:
     assert owl["status"] == "transplanted" and owl["metrics"] == {"agreement": 0.88}
 
     make_module(served, "heron-f", "category", category="heron")
-    upload(served, "heron-f", artifacts.f_ts, "torchscript", X_SHAPE)
+    upload(served, "heron-f", artifacts.f, "torch_export", X_SHAPE)
     assert _cell(served, "heron", "classify")["status"] == "missing"
 
     # A transplant job for the cell is running (rows made directly: the jobs domain owns the real flow).

@@ -41,11 +41,10 @@ def test_push_module_round_trip_fills_shapes_and_pulls_same_bytes(client: Client
     assert (again["version"], again["sha256"]) == (1, v["sha256"])
 
 
-def test_push_module_torchscript_with_a_batch_of_one(client: Client) -> None:
+def test_push_module_with_a_batch_of_one(client: Client) -> None:
     name = uid("ts")
-    v = client.push_module(nn.Linear(5, 2), torch.randn(1, 5), kind="task", name=name, task="reg",
-                           format="torchscript")
-    assert (v["format"], v["input_shape"], v["output_shape"]) == ("torchscript", [None, 5], [None, 2])
+    v = client.push_module(nn.Linear(5, 2), torch.randn(1, 5), kind="task", name=name, task="reg")
+    assert (v["format"], v["input_shape"], v["output_shape"]) == ("torch_export", [None, 5], [None, 2])
 
 
 def test_push_teacher_splits_a_residual_batchnorm_network_and_serves_it_unchanged(client: Client) -> None:

@@ -94,12 +94,13 @@ def s3_server(
 def test_pull_follows_the_presigned_redirect_without_the_token(s3_server, proxy, tmp_path) -> None:
     artifact = tmp_path / "big.pt"
     torch.manual_seed(1)
-    artifact.write_bytes(save_module(torch.nn.Linear(1400, 1400).eval(), torch.zeros(2, 1400), "torchscript"))
+    linear = torch.nn.Linear(1400, 1400).eval()
+    artifact.write_bytes(save_module(linear, torch.zeros(2, 1400), "torch_export"))
     sha = hashlib.sha256(artifact.read_bytes()).hexdigest()
     with Client(s3_server.url, s3_server.token) as c:
         c.create_module("big", "task", task="t")
         # Over the threshold with its sha256 declared by the client: streamed to S3 as it arrives.
-        v = c.upload_version("big", artifact, {"format": "torchscript", "input_shape": [None, 1400]})
+        v = c.upload_version("big", artifact, {"format": "torch_export", "input_shape": [None, 1400]})
         assert (v["sha256"], v["size"]) == (sha, artifact.stat().st_size)
         pulled = c.pull("big@1", tmp_path / "out.pt")
     assert hashlib.sha256(pulled.read_bytes()).hexdigest() == sha

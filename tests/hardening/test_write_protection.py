@@ -19,8 +19,8 @@ def _token(api: TestClient, name: str, scope: str = "write") -> dict[str, str]:
 
 def _push(api: TestClient, name: str, headers: dict[str, str], seed: int) -> int:
     torch.manual_seed(seed)
-    data = save_module(nn.Linear(4, 2), torch.zeros(1, 4), "torchscript")
-    meta = '{"format": "torchscript", "input_shape": [null, 4]}'
+    data = save_module(nn.Linear(4, 2), torch.zeros(1, 4), "torch_export")
+    meta = '{"format": "torch_export", "input_shape": [null, 4]}'
     files = {"file": ("m.pt", io.BytesIO(data)), "meta": (None, meta)}
     return api.post(f"/v1/modules/{name}/versions", files=files, headers=headers).status_code
 

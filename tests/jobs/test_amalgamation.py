@@ -180,3 +180,25 @@ def test_dataset_must_fit_every_teacher(api) -> None:
     resp = api.post("/v1/amalgamations", json=body(api, dataset=small["id"]))
     assert resp.status_code == 422
     assert "samples of shape [1, 6, 6]" in resp.json()["detail"] and "[1, 8, 8]" in resp.json()["detail"]
+
+
+def test_student_modules_of_another_token_are_403(api) -> None:
+    """The student's category and task modules are written by the job: the owner rule applies to both."""
+    tokens = []
+    for name in ("alice-amalg", "bob-amalg"):
+        resp = api.post("/v1/tokens", json={"name": name, "scope": "write"})
+        assert resp.status_code == 201, resp.text
+        tokens.append({"Authorization": f"Bearer {resp.json()['token']}"})
+    alice, bob = tokens
+    made = api.post("/v1/modules", json={"name": "alice-student", "kind": "category",
+                                         "category": "alice-student"}, headers=alice)
+    assert made.status_code == 201, made.text
+    made = api.post("/v1/modules", json={"name": "alice-s2-digits", "kind": "task", "task": "digits"},
+                    headers=alice)
+    assert made.status_code == 201, made.text
+    before = _jobs(api)
+    for result_module in ("alice-student", "alice-s2"):  # the category module; the task module
+        resp = api.post("/v1/amalgamations", json=body(api, result_module=result_module), headers=bob)
+        assert resp.status_code == 403, resp.text
+        assert "belongs to another token" in resp.json()["detail"]
+    assert _jobs(api) == before

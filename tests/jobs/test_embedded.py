@@ -92,3 +92,21 @@ def test_missing_dataset_object_fails_the_job(embedded_api, world: World) -> Non
     assert job["status"] == "failed"
     assert job["error"].startswith(f"Dataset {ds['id']} could not be read from the artifact store")
     assert api.get("/v1/modules/gone-adapter").status_code == 404
+
+
+def test_job_past_its_time_limit_is_stopped_and_failed(tmp_path) -> None:
+    """GRAFT_JOB_TIME_LIMIT_S stops a job at its next step (steps are bounded: graphs cannot loop)."""
+    from fastapi.testclient import TestClient
+
+    from app.config import Settings
+    from app.main import create_app
+    from tests.conftest import ADMIN_TOKEN
+    from tests.jobs.world import make_world
+
+    settings = Settings(data_dir=tmp_path / "graft", bootstrap_token=ADMIN_TOKEN, job_time_limit_s=1.0)
+    with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as api:
+        world = make_world(api, "lim")
+        job_id = transplant(api, world, result_module="lim-h", **LONG)
+        job = wait_for(api, job_id, final, timeout=60)
+        assert job["status"] == "failed" and "time limit of 1 s" in job["error"], job
+        assert api.get("/v1/modules/lim-h").status_code == 404  # nothing registered

@@ -51,11 +51,10 @@ def _world(c: Client) -> tuple[str, str]:
     f = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
     x = torch.randn(64, 6)
     feats = f(x[:2])
-    c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category, format="torchscript")
+    c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category)
     c.push_module(nn.Linear(8, 3), feats, kind="task", name=f"{category}-cls", task="cls", category=category,
-                  format="torchscript", trained_on=[category])  # the teacher's own head: a native cell
-    c.push_module(nn.Linear(8, 3), feats, kind="task", name="ui-generic-cls", task="cls",
-                  format="torchscript")
+                  trained_on=[category])  # the teacher's own head: a native cell
+    c.push_module(nn.Linear(8, 3), feats, kind="task", name="ui-generic-cls", task="cls")
     ds = c.push_dataset(x, name="ui-x", category=category)
     job = c.transplant(category_module=f"{category}-f@1", teacher_task_module=f"{category}-cls@1",
                        student_task_module="ui-generic-cls@1", dataset=ds["id"], method="distillation",
@@ -117,7 +116,7 @@ def _check_page(browser, server: LocalServer, c: Client, category: str, job_id: 
     wait.until(lambda d: f"{category}-f@1" in d.find_element(By.ID, "cell-detail").text)
     module = f'#modules tr.module[data-name="{category}-f"]'
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, module).click() or True)
-    wait.until(lambda d: "torchscript" in d.find_element(By.ID, "module-detail").text)
+    wait.until(lambda d: "torch_export" in d.find_element(By.ID, "module-detail").text)
     time.sleep(0.3)  # let the last repaint land in the screenshot taken by the caller
 
 

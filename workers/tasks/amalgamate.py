@@ -104,7 +104,8 @@ def _work(run: JobRun) -> Register:
     def register(session: Session) -> dict:
         modules = {
             role: result_module(
-                session, req[f"{role}_module"], role, description=f"Amalgamated student ({role} module).",
+                session, req[f"{role}_module"], role, owner_token_id=run.owner_token_id,
+                description=f"Amalgamated student ({role} module).",
                 what=f"the student's {role} module", **{role: req[role]},
             )
             for role in ("category", "task")

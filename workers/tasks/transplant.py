@@ -199,7 +199,8 @@ def _work(run: JobRun) -> Register:
 
     def register(session: Session) -> dict:
         module = result_module(
-            session, req["result_module"], "adapter", category=req["category"], task=req["task"],
+            session, req["result_module"], "adapter", owner_token_id=run.owner_token_id,
+            category=req["category"], task=req["task"],
             description=f"Adapters from category {req['category']!r} to task {req['task']!r}.",
             what="the adapter",
         )
