@@ -126,7 +126,7 @@ def test_list_is_paginated(served) -> None:
 def test_cell_picks_the_best_held_out_adapter_not_the_newest_and_says_why(served, artifacts) -> None:
     """A newer 2-epoch trial (agreement 0) or a train-set score never displaces the better adapter."""
     make_module(served, "egret-f", "category", category="egret")
-    upload(served, "egret-f", artifacts.f_ts, "torchscript", X_SHAPE)
+    upload(served, "egret-f", artifacts.f, "torch_export", X_SHAPE)
     register_adapter(served, artifacts, category="egret", name="egret-good",
                      metrics={"teacher_agreement": 0.769, "metrics_on": "val", "n_val": 26})
     register_adapter(served, artifacts, category="egret", name="egret-trial",
@@ -157,7 +157,7 @@ def test_cell_picks_the_best_held_out_adapter_not_the_newest_and_says_why(served
 
 def test_cell_with_no_held_out_metric_takes_the_newest_adapter(served, artifacts) -> None:
     make_module(served, "stork-f", "category", category="stork")
-    upload(served, "stork-f", artifacts.f_ts, "torchscript", X_SHAPE)
+    upload(served, "stork-f", artifacts.f, "torch_export", X_SHAPE)
     register_adapter(served, artifacts, category="stork", name="stork-old", metrics={"agreement": 0.9})
     register_adapter(served, artifacts, category="stork", name="stork-new")
     body = served.post("/v1/compositions", json={"category": "stork", "task": "classify"}).json()

@@ -188,10 +188,9 @@ def test_compose_by_options_and_predict_refuses_what_is_not_a_batch(graft_server
     f = nn.Sequential(nn.Linear(6, 8), nn.ReLU())
     x = torch.randn(10, 6)
     with Client(graft_server.url, graft_server.token) as c:
-        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category,
-                      format="torchscript")
+        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category)
         c.push_module(nn.Linear(8, 3), f(x[:2]), kind="task", name=f"{category}-cls", task="cls",
-                      category=category, format="torchscript", trained_on=[category])
+                      category=category, trained_on=[category])
     comp = graft(graft_server, "--json", "compose", "--category", category, "--task", "cls")
     assert comp.returncode == 0, comp.stderr
     body = json.loads(comp.stdout)
@@ -205,8 +204,8 @@ def test_compose_by_options_and_predict_refuses_what_is_not_a_batch(graft_server
 
     np.savez(tmp_path / "no-x.npz", inputs=x.numpy())
     (tmp_path / "notes.txt").write_text("1 2 3\n")
-    model = tmp_path / "m.pt"
-    torch.jit.save(torch.jit.script(nn.Linear(6, 2)), str(model))
+    model = tmp_path / "m.pt2"
+    torch.export.save(torch.export.export(nn.Linear(6, 2), (x[:2],)), str(model))
     refusals = ((tmp_path / "no-x.npz", "no array named x"), (tmp_path / "notes.txt", "not a numpy file"),
                 (model, "graft modules push"))
     for path, says in refusals:
@@ -230,10 +229,9 @@ def test_transplant_without_a_dataset(graft_server: LocalServer) -> None:
     f, g_t, g_s = nn.Sequential(nn.Linear(6, 8), nn.ReLU()), nn.Linear(8, 3), nn.Linear(8, 3)
     x = torch.randn(4, 6)
     with Client(graft_server.url, graft_server.token) as c:
-        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category,
-                      format="torchscript")
-        c.push_module(g_t, f(x[:2]), kind="task", name=f"{category}-cls", task="cls", format="torchscript")
-        c.push_module(g_s, f(x[:2]), kind="task", name=f"{category}-gs", task="cls", format="torchscript")
+        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category)
+        c.push_module(g_t, f(x[:2]), kind="task", name=f"{category}-cls", task="cls")
+        c.push_module(g_s, f(x[:2]), kind="task", name=f"{category}-gs", task="cls")
     common = ["--json", "transplant", "--category-module", f"{category}-f@1", "--teacher-task-module",
               f"{category}-cls@1", "--student-task-module", f"{category}-gs@1", "--epochs", "2", "--wait"]
     job = graft(graft_server, *common, "--synthesis", '{"method": "noise", "n": 16, "steps": 5}')
@@ -242,7 +240,7 @@ def test_transplant_without_a_dataset(graft_server: LocalServer) -> None:
     assert done["status"] == "succeeded", done
     assert done["request"]["dataset"] is None and done["result"]["metrics"]["data"] == "synthetic"
     assert done["result"]["metrics"]["synthesis"]["n"] == 16
-    # TorchScript hides BatchNorm: deepinversion is refused with what it needs.
+    # f has no BatchNorm: deepinversion is refused with what it needs.
     bad = graft(graft_server, *common, "--synthesis", "deepinversion", "--result-module", f"{category}-di")
     failed = json.loads(bad.stdout) if bad.stdout.strip() else {}
     assert failed.get("status") == "failed" or bad.returncode != 0

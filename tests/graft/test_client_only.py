@@ -45,10 +45,10 @@ def test_list_push_transplant_compose_predict_without_torch(graft_server: LocalS
     assert cli.graft(graft_server, "--help").returncode == 0
 
     name = f"client-only-{uuid.uuid4().hex[:8]}"
-    artifact = tmp_path / "m.pt"  # an exported file, made where torch is
-    torch.jit.save(torch.jit.script(nn.Linear(4, 2)), str(artifact))
+    artifact = tmp_path / "m.pt2"  # an exported file, made where torch is
+    torch.export.save(torch.export.export(nn.Linear(4, 2), (torch.randn(2, 4),)), str(artifact))
     pushed = cli.graft(graft_server, "--json", "modules", "push", str(artifact), "--name", name, "--kind",
-                       "task", "--task", "cls", "--format", "torchscript", "--input-shape", "[null, 4]")
+                       "task", "--task", "cls", "--format", "torch_export", "--input-shape", "[null, 4]")
     assert pushed.returncode == 0, pushed.stderr
     listed = cli.graft(graft_server, "--json", "modules", "ls", "--task", "cls")
     assert listed.returncode == 0, listed.stderr

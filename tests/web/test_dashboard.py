@@ -127,12 +127,10 @@ def test_dashboard_shows_an_adapters_lineage_and_why_the_cell_serves_it(server: 
     x = torch.randn(40, 6)
     feats = f(x[:2])
     with Client(server.url, server.token) as c:
-        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category,
-                      format="torchscript")
+        c.push_module(f, x[:2], kind="category", name=f"{category}-f", category=category)
         c.push_module(nn.Linear(8, 3), feats, kind="task", name=f"{category}-cls", task="cls",
-                      category=category, format="torchscript", trained_on=[category])
-        c.push_module(nn.Linear(8, 3), feats, kind="task", name=f"{category}-generic", task="cls",
-                      format="torchscript")
+                      category=category, trained_on=[category])
+        c.push_module(nn.Linear(8, 3), feats, kind="task", name=f"{category}-generic", task="cls")
         ds = c.push_dataset(x, name="ul-x", category=category)
         job = c.transplant(category_module=f"{category}-f@1", teacher_task_module=f"{category}-cls@1",
                            student_task_module=f"{category}-generic@1", dataset=ds["id"],
