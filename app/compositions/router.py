@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.compositions import inputs, repository, service
-from app.compositions.runtime import ServingSpec, serving_of
+from app.compositions.runtime import ClientGone, ServingSpec, serving_of
 from app.compositions.schemas import (
     CompositionCreate,
     CompositionPage,
@@ -48,7 +48,10 @@ _PREDICT_RESPONSES = {
             "application/json": {"schema": PredictResponse.model_json_schema()},
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
+    413: {"description": "The body is larger than the server's predict body limit "
+                         "(`GRAFT_PREDICT_MAX_BODY_BYTES`, 256 MiB by default); "
+                         "send fewer inputs per request."},
 }
 
 
@@ -107,7 +110,9 @@ async def predict(
 ) -> Response:
     """Run the composition on a batch (JSON `{"inputs": [...]}` or an .npy array); same encoding back.
 
-    Concurrent requests for one composition are batched into one forward pass.
+    Any number of inputs up to the body limit (`GRAFT_PREDICT_MAX_BODY_BYTES`, 256 MiB by default;
+    413 beyond it); they run in forward passes of at most `GRAFT_PREDICT_MAX_BATCH` rows. Concurrent
+    requests, of this and of other compositions that share its task module, are batched together.
     """
     # A composition this process has served before is answered by PredictFastPath (fastpath.py)
     # with the same serve_predict, without FastAPI's routing and dependencies; this route serves
@@ -130,15 +135,17 @@ async def serve_predict(request: Request, composition_id: str, body: bytes,
     spec = spec or serving.known_spec(composition_id)
     if spec is None:  # the first call of this composition in this process reads the database
         spec = await run_in_threadpool(_spec_from_db, request, composition_id)
-    if len(body) > inputs.body_limit(spec.input_shape, settings.predict_max_batch):
-        limit = settings.predict_max_batch
-        raise TooLarge(f"The body is too large for {limit} inputs of shape {list(spec.input_shape[1:])}; "
-                       f"send at most {limit} per request.")
+    if len(body) > settings.predict_max_body_bytes:
+        raise TooLarge(f"The body is larger than {settings.predict_max_body_bytes} bytes; "
+                       "send fewer inputs per request.")
     if len(body) <= INLINE_BYTES:
-        x = _decode(body, encoding, spec, settings.predict_max_batch)
+        x = _decode(body, encoding, spec)
     else:  # a big body would hold the loop for milliseconds: decode it in a thread
-        x = await run_in_threadpool(_decode, body, encoding, spec, settings.predict_max_batch)
-    y = await serving.predict(spec, x)
+        x = await run_in_threadpool(_decode, body, encoding, spec)
+    try:
+        y = await serving.predict(spec, x, request.receive)
+    except ClientGone:  # nobody reads this answer; its rows were dropped before their forward
+        return Response(status_code=499)
     if y.nbytes <= INLINE_BYTES:
         return _encode(y, encoding)
     return await run_in_threadpool(_encode, y, encoding)
@@ -154,8 +161,8 @@ def _spec_from_db(request: Request, composition_id: str):  # noqa: ANN202
         return serving.spec(composition_id, lambda: service.serving_spec(session, composition_id))
 
 
-def _decode(body: bytes, encoding: str, spec, max_batch: int):  # noqa: ANN001, ANN202
-    return inputs.check(inputs.decode(body, encoding), spec.input_shape, max_batch)
+def _decode(body: bytes, encoding: str, spec):  # noqa: ANN001, ANN202
+    return inputs.check(inputs.decode(body, encoding), spec.input_shape)
 
 
 def _encode(y, encoding: str) -> Response:  # noqa: ANN001
@@ -210,12 +217,19 @@ def grid(session: SessionDep, _: ReadAuth) -> Grid:
 
 @router.get("/v1/serving", tags=["ops"])
 def serving_stats(request: Request, _: ReadAuth) -> JSONResponse:
-    """This process's model cache (entries, bytes, hits, misses, evictions), batchers, batches served.
+    """This process's module cache, inference executor, batch groups and what it served.
 
-    Each API process has its own cache and batchers; `pid` says which process answered.
+    `cache`: module versions loaded (f, h, g each once), bytes, hits, misses, evictions. `executor`:
+    inference threads (one) and torch threads, requests queued. `groups`: per task module (batch
+    group), the learned batch cap and the curve it was chosen from (inputs/s per batch size).
+    `served`: batches, requests, inputs, and requests dropped before their forward (client gone,
+    deadline passed). Each API process has its own; `pid` says which process answered.
     """
     serving = serving_of(request.app)
+    ex = serving.executor
     return JSONResponse({
-        "pid": os.getpid(), "cache": serving.cache.stats(), "batchers": serving.pool.active(),
-        "served": dict(serving.pool.totals),
+        "pid": os.getpid(), "cache": serving.cache.stats(),
+        "executor": {"threads": 1, "torch_threads": torch.get_num_threads(), "device": serving.device,
+                     "max_batch": ex.max_batch, "queued": ex.queued()},
+        "groups": ex.groups(), "served": dict(ex.totals),
     })

@@ -147,7 +147,7 @@ def serving_spec(session: Session, composition_id: str) -> ServingSpec:
         if version_id is None:
             return None
         v = versions[version_id]
-        return Piece(label=label(v), storage_key=v.storage_key, format=v.format, arch=v.arch)
+        return Piece(label=label(v), storage_key=v.storage_key, format=v.format, arch=v.arch, sha256=v.sha256)
 
     return ServingSpec(
         id=c.id, category=piece(c.category_version_id), adapter=piece(c.adapter_version_id),
