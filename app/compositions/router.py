@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.compositions import inputs, repository, service
-from app.compositions.runtime import ClientGone, ServingSpec, serving_of
+from app.compositions import repository, service
 from app.compositions.schemas import (
     CompositionCreate,
     CompositionPage,
@@ -23,9 +22,12 @@ from app.compositions.schemas import (
     PredictResponse,
 )
 from app.deps import ReadAuth, SessionDep, WriteAuth
-from app.errors import BadRequest, TooLarge, Unprocessable
+from app.errors import BadRequest, Unprocessable
 from app.modules.cursor import MAX_LIMIT, decode_cursor, encode_cursor
 from app.ops.metrics import MetricsRoute
+from app.serving import inputs
+from app.serving.predict import serve_predict
+from app.serving.runtime import ServingSpec, serving_of
 from transplant.compose import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_composed
 
 router = APIRouter(tags=["compositions"], route_class=MetricsRoute)
@@ -114,61 +116,19 @@ async def predict(
     413 beyond it); they run in forward passes of at most `GRAFT_PREDICT_MAX_BATCH` rows. Concurrent
     requests, of this and of other compositions that share its task module, are batched together.
     """
-    # A composition this process has served before is answered by PredictFastPath (fastpath.py)
-    # with the same serve_predict, without FastAPI's routing and dependencies; this route serves
-    # the first call (it reads the database) and documents the contract.
-    return await serve_predict(request, composition_id, body)
-
-
-async def serve_predict(request: Request, composition_id: str, body: bytes,
-                        spec: ServingSpec | None = None) -> Response:
-    """The body of the predict route, after its body was read and its caller authorised.
-
-    `spec`: the composition's serving spec when the caller already holds it (the fast path).
-    """
-    # On the event loop: a request thread per call, blocked on its forward, cost CPU under load (32
-    # threads contending for the GIL; bench/results/serving-previous.md). Only what may take long
-    # leaves it.
-    settings = request.app.state.settings
-    encoding = inputs.encoding_of(request.headers.get("content-type"))
-    serving = serving_of(request.app)
-    spec = spec or serving.known_spec(composition_id)
-    if spec is None:  # the first call of this composition in this process reads the database
+    # A composition this process has served before is answered by PredictFastPath
+    # (app/serving/fastpath.py) with the same serve_predict, without FastAPI's routing and
+    # dependencies; this route serves the first call (it reads the database) and documents the contract.
+    spec = serving_of(request.app).known_spec(composition_id)
+    if spec is None:
         spec = await run_in_threadpool(_spec_from_db, request, composition_id)
-    if len(body) > settings.predict_max_body_bytes:
-        raise TooLarge(f"The body is larger than {settings.predict_max_body_bytes} bytes; "
-                       "send fewer inputs per request.")
-    if len(body) <= INLINE_BYTES:
-        x = _decode(body, encoding, spec)
-    else:  # a big body would hold the loop for milliseconds: decode it in a thread
-        x = await run_in_threadpool(_decode, body, encoding, spec)
-    try:
-        y = await serving.predict(spec, x, request.receive)
-    except ClientGone:  # nobody reads this answer; its rows were dropped before their forward
-        return Response(status_code=499)
-    if y.nbytes <= INLINE_BYTES:
-        return _encode(y, encoding)
-    return await run_in_threadpool(_encode, y, encoding)
+    return await serve_predict(request, spec, body)
 
 
-INLINE_BYTES = 256 * 1024
-"""Bodies (and outputs) up to this size are decoded (encoded) on the event loop: well under 1 ms."""
-
-
-def _spec_from_db(request: Request, composition_id: str):  # noqa: ANN202
+def _spec_from_db(request: Request, composition_id: str) -> ServingSpec:
     serving = serving_of(request.app)
     with request.app.state.sessionmaker() as session:
         return serving.spec(composition_id, lambda: service.serving_spec(session, composition_id))
-
-
-def _decode(body: bytes, encoding: str, spec):  # noqa: ANN001, ANN202
-    return inputs.check(inputs.decode(body, encoding), spec.input_shape)
-
-
-def _encode(y, encoding: str) -> Response:  # noqa: ANN001
-    if encoding == "npy":
-        return Response(inputs.encode_npy(y), media_type="application/x-npy")
-    return Response(inputs.encode_json(y), media_type="application/json")
 
 
 def _filename(composition: CompositionRead, fmt: str) -> str:

@@ -8,12 +8,12 @@ from datetime import UTC
 from sqlalchemy.orm import Session
 
 from app.compositions import repository
-from app.compositions.runtime import Piece, ServingSpec
 from app.compositions.schemas import CompositionCreate, CompositionRead, Grid, GridCell, VersionRef
 from app.compositions.selection import Candidates, Pick, pick_cell
 from app.errors import NotFound, Unprocessable
 from app.models import Composition, ModuleVersion
 from app.modules.service import resolve_version
+from app.serving.runtime import Piece, ServingSpec
 from transplant.compose import ChainMismatch, check_chain
 
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.compositions import fastpath
 from app.main import create_app
 from app.ops.metrics import REGISTRY
+from app.serving import fastpath
 from tests.compositions.conftest import npy
 from tests.compositions.test_predict import EXPLICIT
 from tests.conftest import ADMIN_TOKEN

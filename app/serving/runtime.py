@@ -21,11 +21,11 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 from torch import nn
 
-from app.compositions.cache import ModelCache
-from app.compositions.executor import InferenceExecutor, Stage
-from app.compositions.executor import Request as ExecRequest
 from app.config import Settings
 from app.errors import BackendUnavailable, GraftError, Unprocessable
+from app.serving.cache import ModelCache
+from app.serving.executor import InferenceExecutor, Stage
+from app.serving.executor import Request as ExecRequest
 from app.storage import ArtifactStore
 from transplant.artifacts import ArtifactError, load_module
 from transplant.compose import compose

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from app.compositions.curve import ThroughputCurve, size_bucket
 from app.ops import metrics
+from app.serving.curve import ThroughputCurve, size_bucket
 
 log = logging.getLogger(__name__)
 

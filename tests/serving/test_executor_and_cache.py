@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from app.compositions.cache import ModelCache
-from app.compositions.curve import ThroughputCurve, choose_cap, size_bucket
-from app.compositions.executor import InferenceExecutor, Request, run_stages
+from app.serving.cache import ModelCache
+from app.serving.curve import ThroughputCurve, choose_cap, size_bucket
+from app.serving.executor import InferenceExecutor, Request, run_stages
 
 
 def _wait_until(cond, timeout: float = 10.0) -> None:
