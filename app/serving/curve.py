@@ -8,12 +8,15 @@ batch group measures its own curve and caps its batches where the curve stops ri
 
 from __future__ import annotations
 
+import statistics
 import threading
+from collections import deque
 
-RISE = 0.95
-"""A bigger batch is worth forming only if it gives more than this fraction of the best inputs/s."""
-EMA = 0.3
-"""Weight of a new measurement in a size's running inputs/s."""
+WINDOW = 8
+"""A size's inputs/s is the median of its last this many batches (robust to a forward slowed by
+other work on the machine, and to one that was lucky)."""
+EVIDENCE = 3
+"""Batches a size needs before its inputs/s counts against growing the batch past it."""
 EXPLORE_EVERY = 16
 """Every this many batches a group may form one batch of twice its cap, to measure above it."""
 
@@ -24,26 +27,27 @@ def size_bucket(rows: int) -> int:
 
 
 def choose_cap(curve: dict[int, float], max_batch: int) -> int:
-    """The batch cap for a curve {batch size: inputs/s}: the smallest size within RISE of the best.
+    """The batch cap for a curve {batch size: inputs/s}: the size where inputs/s peak.
 
-    No measurement: `max_batch` (batch what is there, as a fixed maximum would). When the best is the
-    largest size measured, the cap is twice that (up to `max_batch`), so the curve is measured beyond.
+    Beyond it throughput stops rising, so bigger batches would only add latency (or, on a CPU whose
+    network slows down with the batch, lose throughput too). No measurement: `max_batch` (batch what
+    is there, as a fixed maximum would). When the peak is the largest size measured, the cap is twice
+    that (up to `max_batch`), so the curve is measured beyond it.
     """
     if not curve:
         return max_batch
-    best = max(curve.values())
     sizes = sorted(curve)
-    cap = next(s for s in sizes if curve[s] >= RISE * best)
+    cap = max(sizes, key=lambda s: (curve[s], -s))  # the peak; the smaller size on a tie
     if cap == sizes[-1]:
         cap *= 2
     return max(1, min(max_batch, cap))
 
 
 class ThroughputCurve:
-    """Inputs/s per batch-size bucket of one batch group (a running average per bucket)."""
+    """Inputs/s per batch-size bucket of one batch group (the median of each bucket's last batches)."""
 
     def __init__(self) -> None:
-        self._rate: dict[int, float] = {}
+        self._recent: dict[int, deque[float]] = {}
         self._batches: dict[int, int] = {}
         self._lock = threading.Lock()
         self.formed = 0
@@ -51,15 +55,16 @@ class ThroughputCurve:
     def record(self, rows: int, seconds: float) -> None:
         if seconds <= 0:
             return
-        size, rate = size_bucket(rows), rows / seconds
+        size = size_bucket(rows)
         with self._lock:
-            old = self._rate.get(size)
-            self._rate[size] = rate if old is None else (1 - EMA) * old + EMA * rate
+            self._recent.setdefault(size, deque(maxlen=WINDOW)).append(rows / seconds)
             self._batches[size] = self._batches.get(size, 0) + 1
 
     def cap(self, max_batch: int) -> int:
+        """choose_cap over the sizes with enough batches (the others are still to be measured)."""
         with self._lock:
-            return choose_cap(dict(self._rate), max_batch)
+            known = {s: statistics.median(r) for s, r in self._recent.items() if len(r) >= EVIDENCE}
+        return choose_cap(known, max_batch)
 
     def limit(self, max_batch: int) -> int:
         """Rows the next batch may hold: the cap, or twice it every EXPLORE_EVERY batches."""
@@ -71,7 +76,7 @@ class ThroughputCurve:
 
     def snapshot(self) -> dict[int, float]:
         with self._lock:
-            return dict(sorted(self._rate.items()))
+            return {s: statistics.median(r) for s, r in sorted(self._recent.items())}
 
     def batches(self) -> dict[int, int]:
         with self._lock:

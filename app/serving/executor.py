@@ -39,6 +39,8 @@ Stage = tuple[str, Callable[[torch.Tensor], torch.Tensor] | None]
 """(key, module): rows of requests whose stage has the same key run through it together; None = identity."""
 PROBE_BUDGET_S = 1.0
 """Most forward time the load probe of one group may take (it runs only while nothing is queued)."""
+PROBE_REPEATS = 3
+"""Forwards per batch size in the load probe (enough for the size to count, curve.EVIDENCE)."""
 
 
 @dataclass
@@ -234,18 +236,17 @@ class InferenceExecutor:
         try:
             x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(n))
             with self.run_lock:
-                best = float("inf")
-                for _ in range(2):
+                for _ in range(PROBE_REPEATS):
                     started = time.perf_counter()
                     run_stages([Request(x, stages, float("inf"))], self.device)
-                    best = min(best, time.perf_counter() - started)
+                    spent = time.perf_counter() - started
                     self.totals["probe_forwards"] += 1
+                    g.curve.record(n, spent)
+                    g.probe_spent += spent
         except Exception as exc:  # noqa: BLE001 - a module that cannot take this batch ends the probe
             log.info("load probe of group %s stopped at batch %d: %s", g.key[:12], n, exc)
             g.probe = None
             return
-        g.curve.record(n, best)
-        g.probe_spent += 2 * best
         curve = g.curve.snapshot()
         falling = len(curve) >= 3 and max(curve.values()) > max(list(curve.values())[-2:]) / 0.8
         with self._cond:

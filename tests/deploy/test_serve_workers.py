@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import torch
 
-from bench.serving_spread import connection_pids
+from bench.serving_load import connection_pids
 from graft import Client
 from graft.local_server import LocalServer, free_port
 from tests.graft.nets import ResNetish, trained_like

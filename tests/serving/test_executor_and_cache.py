@@ -39,7 +39,8 @@ def _one_stage(name: str, module) -> list:  # noqa: ANN001
 
 def _learned_rising(ex: InferenceExecutor, group: str) -> None:
     """A curve that rises to the hard bound, far faster than any real forward: the cap stays max_batch."""
-    ex.curve(group).record(16, 1e-9)
+    for _ in range(3):
+        ex.curve(group).record(16, 1e-9)
 
 
 def test_requests_queued_during_a_forward_share_the_next_one() -> None:
@@ -184,8 +185,10 @@ def test_rows_of_different_categories_and_adapters_share_one_task_module_forward
 def test_cap_selection_on_synthetic_curves() -> None:
     # A CPU whose network slows down with the batch: batch 1 serves fastest.
     assert choose_cap({1: 38.0, 2: 33.0, 4: 27.0, 8: 22.0, 16: 19.0}, 64) == 1
-    # A GPU-like curve that rises and saturates at 16: the cap is where it stops rising.
-    assert choose_cap({1: 100.0, 2: 190.0, 4: 370.0, 8: 700.0, 16: 1200.0, 32: 1210.0, 64: 1190.0}, 64) == 16
+    # A GPU-like curve that rises, then falls past 32: the cap is where it stops rising.
+    assert choose_cap({1: 100.0, 2: 190.0, 4: 370.0, 8: 700.0, 16: 1200.0, 32: 1210.0, 64: 1190.0}, 64) == 32
+    # A flat, noisy curve (a small network): the size that served best, not the first near it.
+    assert choose_cap({1: 82.0, 2: 118.0, 4: 85.0, 8: 121.0, 16: 110.0}, 64) == 8
     # Still rising at the largest size measured: try twice that, within the hard bound.
     assert choose_cap({1: 10.0, 2: 19.0, 4: 36.0}, 64) == 8
     assert choose_cap({1: 10.0, 2: 19.0, 4: 36.0}, 6) == 6
@@ -195,6 +198,11 @@ def test_cap_selection_on_synthetic_curves() -> None:
 
 def test_the_curve_learns_from_served_batches() -> None:
     curve = ThroughputCurve()
+    curve.record(1, 1 / 40)
+    curve.record(8, 8 / 20)
+    assert curve.cap(64) == 64  # too few batches of each size to tell yet
+    curve.record(1, 1 / 4000)  # one lucky and one slowed batch: the median of each size holds
+    curve.record(8, 8 / 2)
     for _ in range(5):
         curve.record(1, 1 / 40)   # 40 inputs/s
         curve.record(8, 8 / 20)   # 20 inputs/s
@@ -211,7 +219,7 @@ def test_the_load_probe_measures_a_curve_while_idle() -> None:
         ex.probe("g", _one_stage("g", net), (4,))
         _wait_until(lambda: ex.groups()["g"]["inputs_per_s"] and ex._probing() is None)
         curve = ex.groups()["g"]["inputs_per_s"]
-        assert set(curve) <= {1, 2, 4, 8} and 1 in curve and ex.totals["probe_forwards"] >= 2
+        assert set(curve) <= {1, 2, 4, 8} and 1 in curve and ex.totals["probe_forwards"] >= 3
         assert ex.totals["batches"] == 0  # probes are not served batches
     finally:
         ex.close()
