@@ -270,13 +270,6 @@ class InferenceExecutor:
         with self._cond:
             return sum(len(g.queue) for g in self._groups.values())
 
-    def forget(self, group: str) -> None:
-        """Drop an idle group's state (its modules were evicted)."""
-        with self._cond:
-            g = self._groups.get(group)
-            if g is not None and not g.queue:
-                del self._groups[group]
-
     def close(self, timeout: float = 5.0) -> None:
         """Stop accepting requests, finish what is queued, and join the thread."""
         with self._cond:
