@@ -208,16 +208,20 @@ class InferenceExecutor:
                 self._run_one_again(g, r)
             return
         g.curve.record(rows, spent)
+        self._show(g, rows)
         metrics.FORWARD_LATENCY.observe(spent)
-        size = size_bucket(rows)
-        metrics.BATCH_RATE.labels(g.key[:16], str(size)).set(g.curve.snapshot().get(size, 0.0))
-        metrics.BATCH_CAP.labels(g.key[:16]).set(g.curve.cap(self.max_batch))
         metrics.BATCH_REQUESTS.observe(len(batch))
         metrics.BATCH_INPUTS.observe(rows)
         done = time.perf_counter()
         for r, y in zip(batch, outputs, strict=True):
             metrics.PREDICT_LATENCY.observe(done - r.submitted)
             r.future.set_result(y)
+
+    def _show(self, g: Group, rows: int) -> None:
+        """The group's cap and its inputs/s at this batch size, in /metrics."""
+        size = size_bucket(rows)
+        metrics.BATCH_RATE.labels(g.key[:16], str(size)).set(g.curve.snapshot().get(size, 0.0))
+        metrics.BATCH_CAP.labels(g.key[:16]).set(g.curve.cap(self.max_batch))
 
     def _run_one_again(self, g: Group, r: Request) -> None:
         try:
@@ -243,6 +247,7 @@ class InferenceExecutor:
                     self.totals["probe_forwards"] += 1
                     g.curve.record(n, spent)
                     g.probe_spent += spent
+            self._show(g, n)
         except Exception as exc:  # noqa: BLE001 - a module that cannot take this batch ends the probe
             log.info("load probe of group %s stopped at batch %d: %s", g.key[:12], n, exc)
             g.probe = None

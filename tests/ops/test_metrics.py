@@ -104,8 +104,10 @@ def test_metrics_after_a_job_and_a_predict(api: TestClient) -> None:
     assert sample(text, "graft_model_cache_bytes") > 0
     assert "graft_model_cache_evictions_total" in text
     # The learned batch cap and the curve it comes from, per batch group (the task module).
-    group = next(iter(api.get("/v1/serving").json()["groups"]))[:16]
-    assert sample(text, "graft_batch_cap", group=group) >= 1
+    groups = api.get("/v1/serving").json()["groups"]
+    key, shown = next(iter(groups.items()))
+    assert shown["cap"] >= 1 and shown["inputs_per_s"] and sum(shown["batches"].values()) >= 2
+    assert sample(text, "graft_batch_cap", group=key[:16]) >= 1
     assert "graft_batch_inputs_per_second{" in text and "graft_predict_dropped_total" in text
 
 
