@@ -138,14 +138,14 @@ class InferenceExecutor:
                     if self._closed:
                         return
                     g = self._probing()
-                    work = None
+                    work, probe = None, g.probe
                 else:
                     g = self._groups[self._turns.popleft()]
                     work = self._take(g)
                     if g.queue:
                         self._turns.append(g.key)
             if work is None:
-                self._probe_step(g)
+                self._probe_step(g, *probe)
             elif work:
                 self._run(g, work)
 
@@ -232,11 +232,11 @@ class InferenceExecutor:
             return
         r.future.set_result(y)
 
-    def _probe_step(self, g: Group) -> None:
-        """One probe forward of `g` at its next batch size; the probe ends when the curve falls or
-        its budget is spent."""
-        stages, shape = g.probe
+    def _probe_step(self, g: Group, stages: Sequence[Stage], shape: tuple[int, ...]) -> None:
+        """PROBE_REPEATS forwards of `g` at its next batch size; the probe ends when the curve falls,
+        at `max_batch`, or before a step that would overrun its budget."""
         n = g.probe_size
+        spent = 0.0
         try:
             x = torch.randn((n, *shape), generator=torch.Generator().manual_seed(n))
             with self.run_lock:
@@ -254,8 +254,9 @@ class InferenceExecutor:
             return
         curve = g.curve.snapshot()
         falling = len(curve) >= 3 and max(curve.values()) > max(list(curve.values())[-2:]) / 0.8
+        next_step = 2 * spent * PROBE_REPEATS  # about twice the rows of the last forward, repeated
         with self._cond:
-            if n * 2 > self.max_batch or g.probe_spent > PROBE_BUDGET_S or falling:
+            if n * 2 > self.max_batch or g.probe_spent + next_step > PROBE_BUDGET_S or falling:
                 g.probe = None
             g.probe_size = n * 2
 
