@@ -412,7 +412,7 @@ def main() -> None:
     parser.add_argument("--real", action="store_true", help="also the real network (EfficientNet-Lite0)")
     parser.add_argument("--ray", action="store_true", help="also Ray Serve (optional dependency)")
     args = parser.parse_args()
-    seconds, rounds, blocks = (1.5, 1, 3) if args.quick else (4.0, 2, 8)
+    seconds, rounds, blocks = (1.5, 1, 3) if args.quick else (3.0, 1, 6)
     if args.quick:  # a smaller board: a smoke test of the benchmark, not a measurement
         global N_F, N_G, N_COMP, SHARED
         N_F, N_G, N_COMP, SHARED = 6, 4, 16, 8
