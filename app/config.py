@@ -64,11 +64,17 @@ class Settings(BaseSettings):
     """Wall-clock limit of one job delivery: past it the job stops at its next training step and fails
     (a step is bounded: uploaded graphs cannot loop). Keep it under job_visibility_timeout_s. 0: none."""
     predict_max_batch: int = 64
-    """Dynamic batching: most inputs stacked into one forward pass."""
+    """Dynamic batching: hard bound on the rows of one forward pass (the learned cap may be lower);
+    a request with more inputs runs in several."""
     predict_max_wait_ms: float = 2.0
     """Dynamic batching: how long a request waits for others to join its batch."""
+    predict_max_body_bytes: int = 256 * 1024 * 1024
+    """Largest predict body (JSON or .npy); any number of inputs up to it, run in forward passes of at
+    most `predict_max_batch` rows. Larger bodies get a 413."""
     model_cache_bytes: int = 512 * 1024 * 1024
-    """Memory bound of the LRU cache of loaded compositions."""
+    """Memory bound of the LRU cache of loaded module versions (f, h and g, each held once)."""
+    serving_device: str = "cpu"
+    """Device of predict forwards: `cpu`, or `cuda` / `cuda:N` when the process has one."""
     log_json: bool = False
     """Structured JSON logs (one object a line) instead of plain text."""
 

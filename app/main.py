@@ -10,7 +10,6 @@ from fastapi import FastAPI
 
 from app import runtime
 from app.auth.router import router as auth_router
-from app.compositions.fastpath import PredictFastPath
 from app.compositions.router import router as compositions_router
 from app.config import Settings, get_settings
 from app.datasets.router import router as datasets_router
@@ -23,6 +22,7 @@ from app.modules.router import router as modules_router
 from app.ops.metrics import MetricsMiddleware, job_registry
 from app.ops.router import router as ops_router
 from app.request_guard import RequestGuard
+from app.serving.fastpath import PREDICT_TEMPLATE, PredictFastPath
 from app.storage import open_store
 from app.web.router import router as web_router
 
@@ -63,7 +63,8 @@ def create_app(settings: Settings | None = None, *, migrate_db: bool = True) -> 
     app.state.store = open_store(settings)
     app.state.job_metrics = job_registry(engine)
     install_error_handlers(app)
-    app.add_middleware(PredictFastPath, graft=app)  # innermost: ids, logs and metrics still apply
+    predict = next(r for r in compositions_router.routes if getattr(r, "path", None) == PREDICT_TEMPLATE)
+    app.add_middleware(PredictFastPath, graft=app, route=predict)  # innermost: ids, logs, metrics apply
     app.add_middleware(RequestGuard)  # NUL characters and out-of-range integers: 422 at the edge
     app.add_middleware(RequestIdMiddleware)
     app.add_middleware(MetricsMiddleware)  # every route, whatever its router's route class

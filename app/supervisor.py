@@ -3,7 +3,7 @@
 uvicorn's own `--workers` shares one listening socket between its processes, and the kernel hands a
 new connection to whichever process accepts first: a client that opens its connections at once can
 land every one of them on one process (bench/results/serving-runs.md, run B2: a round where all 32
-did; serving-spread.md measures the spread). Here each
+did; docs/serving.md has the spread). Here each
 process binds the port itself with SO_REUSEPORT, and the kernel spreads connections between the
 sockets by a hash of their addresses.
 

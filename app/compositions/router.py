@@ -12,8 +12,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.compositions import inputs, repository, service
-from app.compositions.runtime import ServingSpec, serving_of
+from app.compositions import repository, service
 from app.compositions.schemas import (
     CompositionCreate,
     CompositionPage,
@@ -23,9 +22,12 @@ from app.compositions.schemas import (
     PredictResponse,
 )
 from app.deps import ReadAuth, SessionDep, WriteAuth
-from app.errors import BadRequest, TooLarge, Unprocessable
+from app.errors import BadRequest, Unprocessable
 from app.modules.cursor import MAX_LIMIT, decode_cursor, encode_cursor
 from app.ops.metrics import MetricsRoute
+from app.serving import inputs
+from app.serving.predict import serve_predict
+from app.serving.runtime import ServingSpec, serving_of
 from transplant.compose import EXPORT_FORMATS, EXPORT_SUFFIXES, ExportError, export_composed
 
 router = APIRouter(tags=["compositions"], route_class=MetricsRoute)
@@ -48,7 +50,10 @@ _PREDICT_RESPONSES = {
             "application/json": {"schema": PredictResponse.model_json_schema()},
             "application/x-npy": {"schema": {"type": "string", "format": "binary"}},
         },
-    }
+    },
+    413: {"description": "The body is larger than the server's predict body limit "
+                         "(`GRAFT_PREDICT_MAX_BODY_BYTES`, 256 MiB by default); "
+                         "send fewer inputs per request."},
 }
 
 
@@ -107,61 +112,23 @@ async def predict(
 ) -> Response:
     """Run the composition on a batch (JSON `{"inputs": [...]}` or an .npy array); same encoding back.
 
-    Concurrent requests for one composition are batched into one forward pass.
+    Any number of inputs up to the body limit (`GRAFT_PREDICT_MAX_BODY_BYTES`, 256 MiB by default;
+    413 beyond it); they run in forward passes of at most `GRAFT_PREDICT_MAX_BATCH` rows. Concurrent
+    requests, of this and of other compositions that share its task module, are batched together.
     """
-    # A composition this process has served before is answered by PredictFastPath (fastpath.py)
-    # with the same serve_predict, without FastAPI's routing and dependencies; this route serves
-    # the first call (it reads the database) and documents the contract.
-    return await serve_predict(request, composition_id, body)
-
-
-async def serve_predict(request: Request, composition_id: str, body: bytes,
-                        spec: ServingSpec | None = None) -> Response:
-    """The body of the predict route, after its body was read and its caller authorised.
-
-    `spec`: the composition's serving spec when the caller already holds it (the fast path).
-    """
-    # On the event loop: a request thread per call, blocked on its forward, cost CPU under load (32
-    # threads contending for the GIL; bench/results/serving-previous.md). Only what may take long
-    # leaves it.
-    settings = request.app.state.settings
-    encoding = inputs.encoding_of(request.headers.get("content-type"))
-    serving = serving_of(request.app)
-    spec = spec or serving.known_spec(composition_id)
-    if spec is None:  # the first call of this composition in this process reads the database
+    # A composition this process has served before is answered by PredictFastPath
+    # (app/serving/fastpath.py) with the same serve_predict, without FastAPI's routing and
+    # dependencies; this route serves the first call (it reads the database) and documents the contract.
+    spec = serving_of(request.app).known_spec(composition_id)
+    if spec is None:
         spec = await run_in_threadpool(_spec_from_db, request, composition_id)
-    if len(body) > inputs.body_limit(spec.input_shape, settings.predict_max_batch):
-        limit = settings.predict_max_batch
-        raise TooLarge(f"The body is too large for {limit} inputs of shape {list(spec.input_shape[1:])}; "
-                       f"send at most {limit} per request.")
-    if len(body) <= INLINE_BYTES:
-        x = _decode(body, encoding, spec, settings.predict_max_batch)
-    else:  # a big body would hold the loop for milliseconds: decode it in a thread
-        x = await run_in_threadpool(_decode, body, encoding, spec, settings.predict_max_batch)
-    y = await serving.predict(spec, x)
-    if y.nbytes <= INLINE_BYTES:
-        return _encode(y, encoding)
-    return await run_in_threadpool(_encode, y, encoding)
+    return await serve_predict(request, spec, body)
 
 
-INLINE_BYTES = 256 * 1024
-"""Bodies (and outputs) up to this size are decoded (encoded) on the event loop: well under 1 ms."""
-
-
-def _spec_from_db(request: Request, composition_id: str):  # noqa: ANN202
+def _spec_from_db(request: Request, composition_id: str) -> ServingSpec:
     serving = serving_of(request.app)
     with request.app.state.sessionmaker() as session:
         return serving.spec(composition_id, lambda: service.serving_spec(session, composition_id))
-
-
-def _decode(body: bytes, encoding: str, spec, max_batch: int):  # noqa: ANN001, ANN202
-    return inputs.check(inputs.decode(body, encoding), spec.input_shape, max_batch)
-
-
-def _encode(y, encoding: str) -> Response:  # noqa: ANN001
-    if encoding == "npy":
-        return Response(inputs.encode_npy(y), media_type="application/x-npy")
-    return Response(inputs.encode_json(y), media_type="application/json")
 
 
 def _filename(composition: CompositionRead, fmt: str) -> str:
@@ -210,12 +177,19 @@ def grid(session: SessionDep, _: ReadAuth) -> Grid:
 
 @router.get("/v1/serving", tags=["ops"])
 def serving_stats(request: Request, _: ReadAuth) -> JSONResponse:
-    """This process's model cache (entries, bytes, hits, misses, evictions), batchers, batches served.
+    """This process's module cache, inference executor, batch groups and what it served.
 
-    Each API process has its own cache and batchers; `pid` says which process answered.
+    `cache`: module versions loaded (f, h, g each once), bytes, hits, misses, evictions. `executor`:
+    inference threads (one) and torch threads, requests queued. `groups`: per task module (batch
+    group), the learned batch cap and the curve it was chosen from (inputs/s per batch size).
+    `served`: batches, requests, inputs, and requests dropped before their forward (client gone,
+    deadline passed). Each API process has its own; `pid` says which process answered.
     """
     serving = serving_of(request.app)
+    ex = serving.executor
     return JSONResponse({
-        "pid": os.getpid(), "cache": serving.cache.stats(), "batchers": serving.pool.active(),
-        "served": dict(serving.pool.totals),
+        "pid": os.getpid(), "cache": serving.cache.stats(),
+        "executor": {"threads": 1, "torch_threads": torch.get_num_threads(), "device": serving.device,
+                     "max_batch": ex.max_batch, "queued": ex.queued()},
+        "groups": ex.groups(), "served": dict(ex.totals),
     })

@@ -8,12 +8,12 @@ from datetime import UTC
 from sqlalchemy.orm import Session
 
 from app.compositions import repository
-from app.compositions.runtime import Piece, ServingSpec
 from app.compositions.schemas import CompositionCreate, CompositionRead, Grid, GridCell, Selection, VersionRef
 from app.compositions.selection import Candidates, Pick, pick_cell
 from app.errors import NotFound, Unprocessable
 from app.models import Composition, ModuleVersion
 from app.modules.service import resolve_version
+from app.serving.runtime import Piece, ServingSpec
 from transplant.compose import ChainMismatch, check_chain
 
 
@@ -148,7 +148,7 @@ def serving_spec(session: Session, composition_id: str) -> ServingSpec:
         if version_id is None:
             return None
         v = versions[version_id]
-        return Piece(label=label(v), storage_key=v.storage_key, format=v.format, arch=v.arch)
+        return Piece(label=label(v), storage_key=v.storage_key, format=v.format, arch=v.arch, sha256=v.sha256)
 
     return ServingSpec(
         id=c.id, category=piece(c.category_version_id), adapter=piece(c.adapter_version_id),

@@ -77,11 +77,29 @@ BATCH_INPUTS = Histogram(
     registry=REGISTRY, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
 )
 
-CACHE_HITS = Counter("graft_model_cache_hits_total", "Loaded compositions found in the cache.",
+PREDICT_DROPPED = Counter(
+    "graft_predict_dropped_total",
+    "Predict requests dropped before their forward ran: `disconnected` (the client left) or `deadline`.",
+    ["reason"], registry=REGISTRY,
+)
+BATCH_CAP = Gauge(
+    "graft_batch_cap", "Learned batch cap of a batch group (rows), beyond which inputs/s stop rising.",
+    ["group"], registry=REGISTRY, multiprocess_mode="all",
+)
+BATCH_RATE = Gauge(
+    "graft_batch_inputs_per_second", "Measured inputs/s of a batch group per batch size (power of two).",
+    ["group", "size"], registry=REGISTRY, multiprocess_mode="all",
+)
+MODULES_LOADED = Gauge(
+    "graft_modules_loaded", "Module versions (f, h, g) loaded in the model cache.",
+    registry=REGISTRY, multiprocess_mode="livesum",
+)
+
+CACHE_HITS = Counter("graft_model_cache_hits_total", "Module versions found loaded in the cache.",
                      registry=REGISTRY)
-CACHE_MISSES = Counter("graft_model_cache_misses_total", "Compositions loaded from the store.",
+CACHE_MISSES = Counter("graft_model_cache_misses_total", "Module versions loaded from the store.",
                        registry=REGISTRY)
-CACHE_EVICTIONS = Counter("graft_model_cache_evictions_total", "Compositions dropped to stay in bounds.",
+CACHE_EVICTIONS = Counter("graft_model_cache_evictions_total", "Module versions dropped to stay in bounds.",
                           registry=REGISTRY)
 CACHE_BYTES = Gauge("graft_model_cache_bytes", "Parameter and buffer bytes held by the model cache.",
                     registry=REGISTRY, multiprocess_mode="livesum")

@@ -98,10 +98,17 @@ def test_metrics_after_a_job_and_a_predict(api: TestClient) -> None:
     assert sample(text, "graft_predict_forward_seconds_count") >= 2
     assert sample(text, "graft_predict_batch_inputs_sum") >= 10
     assert sample(text, "graft_predict_batch_requests_count") >= 2
-    assert sample(text, "graft_model_cache_misses_total") == misses0 + 1
+    assert sample(text, "graft_model_cache_misses_total") == misses0 + 3  # f, h and g, loaded once each
+    assert sample(text, "graft_modules_loaded") >= 3
     assert sample(text, "graft_model_cache_hits_total") >= hits0 + 1
     assert sample(text, "graft_model_cache_bytes") > 0
     assert "graft_model_cache_evictions_total" in text
+    # The learned batch cap and the curve it comes from, per batch group (the task module).
+    groups = api.get("/v1/serving").json()["groups"]
+    key, shown = next(iter(groups.items()))
+    assert shown["cap"] >= 1 and shown["inputs_per_s"] and sum(shown["batches"].values()) >= 2
+    assert sample(text, "graft_batch_cap", group=key[:16]) >= 1
+    assert "graft_batch_inputs_per_second{" in text and "graft_predict_dropped_total" in text
 
 
 def test_job_collector_on_postgres(pg_database: str) -> None:

@@ -13,33 +13,27 @@ from fastapi import Request
 from app.errors import BadRequest, TooLarge, Unprocessable, UnsupportedFormat
 
 NPY_TYPES = ("application/x-npy", "application/octet-stream")
-# A JSON number takes at most ~25 bytes (e.g. -1.2345678901234567e-123, plus separators).
-JSON_BYTES_PER_VALUE = 32
-OVERHEAD_BYTES = 64 * 1024
-
-
-def body_limit(input_shape: tuple, max_batch: int) -> int:
-    """Most bytes a predict body of `max_batch` inputs can need, in either encoding."""
-    per_sample = math.prod(int(d) if d is not None else 1 for d in input_shape[1:])
-    return max_batch * per_sample * JSON_BYTES_PER_VALUE + OVERHEAD_BYTES
 
 
 MAX_BODY_BYTES = 256 * 1024 * 1024
+"""Largest body read at all (the default predict body limit, GRAFT_PREDICT_MAX_BODY_BYTES)."""
 
 
 async def read_body(request: Request) -> bytes:
     """The raw request body (an async dependency, so the `def` route stays in the threadpool).
 
-    Reading stops at MAX_BODY_BYTES; the route then holds the body to the composition's own limit.
+    Reading stops at the predict body limit (GRAFT_PREDICT_MAX_BODY_BYTES): a 413.
     """
+    settings = getattr(request.app.state, "settings", None)
+    limit = getattr(settings, "predict_max_body_bytes", MAX_BODY_BYTES)
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise TooLarge(f"The body is larger than {MAX_BODY_BYTES} bytes; send fewer inputs per request.")
+    if declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"The body is larger than {limit} bytes; send fewer inputs per request.")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise TooLarge(f"The body is larger than {MAX_BODY_BYTES} bytes; send fewer inputs per request.")
+        if size > limit:
+            raise TooLarge(f"The body is larger than {limit} bytes; send fewer inputs per request.")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -128,7 +122,7 @@ def _shape_text(shape: tuple) -> str:
     return "[" + ", ".join("N" if d is None else str(d) for d in shape) + "]"
 
 
-def check(x: np.ndarray, input_shape: tuple, max_batch: int) -> np.ndarray:
+def check(x: np.ndarray, input_shape: tuple) -> np.ndarray:
     """`x` as a float32 batch of `input_shape`; 4xx naming what is wrong otherwise."""
     expected = _shape_text(input_shape)
     if x.dtype.kind not in "iuf":
@@ -147,9 +141,6 @@ def check(x: np.ndarray, input_shape: tuple, max_batch: int) -> np.ndarray:
                 if list(x.shape) == [d for d in input_shape[1:]] else "")
         raise Unprocessable(f"inputs have shape {list(x.shape)} but this composition expects "
                             f"{expected}, N inputs of shape {list(input_shape[1:])}{hint}.")
-    if x.shape[0] > max_batch:
-        raise TooLarge(f"{x.shape[0]} inputs in one request exceed the limit of {max_batch}; "
-                       f"split them into requests of at most {max_batch}.")
     with np.errstate(over="ignore"):  # a float64 beyond float32 becomes inf, refused just below
         x = np.ascontiguousarray(x, dtype=np.float32)
     if not np.isfinite(x).all():

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 
-from app.compositions.inputs import _plain_npy, decode
 from app.errors import GraftError
+from app.serving.inputs import _plain_npy, decode
 
 
 def _npy(x: np.ndarray) -> bytes:
@@ -58,7 +58,7 @@ def test_truncated_or_padded_bodies_are_refused_clearly() -> None:
 @pytest.mark.parametrize("shape", [(1, 10), (3,), (2, 3, 4), (0, 5), (17, 10, 1), (100_000, 7)])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
 def test_encode_npy_writes_what_np_save_writes(shape: tuple, dtype) -> None:  # noqa: ANN001
-    from app.compositions.inputs import encode_npy
+    from app.serving.inputs import encode_npy
 
     y = (np.random.default_rng(0).standard_normal(shape) * 100).astype(dtype)
     assert encode_npy(y) == _npy(y)

@@ -21,23 +21,25 @@ import re
 from fastapi import FastAPI, Request
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.compositions.inputs import read_body
-from app.compositions.router import router, serve_predict
-from app.compositions.runtime import serving_of
 from app.deps import require_write
+from app.serving.inputs import read_body
+from app.serving.predict import serve_predict
+from app.serving.runtime import serving_of
 
 PREDICT_TEMPLATE = "/v1/compositions/{composition_id}/predict"
 _PREDICT = re.compile(r"/v1/compositions/([^/]+)/predict")
 
 
 class PredictFastPath:
-    """Pure ASGI middleware; `graft` is the FastAPI app it is installed in (its state and handlers)."""
+    """Pure ASGI middleware; `graft` is the FastAPI app it is installed in (its state and handlers),
+    `route` the predict route it answers for."""
 
-    def __init__(self, app: ASGIApp, graft: FastAPI) -> None:
+    def __init__(self, app: ASGIApp, graft: FastAPI, route: BaseRoute) -> None:
         self.app, self.graft = app, graft
-        self.route = next(r for r in router.routes if getattr(r, "path", None) == PREDICT_TEMPLATE)
+        self.route = route  # the predict route, under whose template requests are counted
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         match = _PREDICT.fullmatch(_route_path(scope)) if scope["type"] == "http" else None
@@ -50,7 +52,7 @@ class PredictFastPath:
         try:
             body = await read_body(request)
             await require_write(request)
-            response = await serve_predict(request, match[1], body, spec)
+            response = await serve_predict(request, spec, body)
         except Exception as exc:  # noqa: BLE001 - rendered as the route's error would be, or re-raised
             response = await self._render(request, exc)
         await response(scope, receive, send)

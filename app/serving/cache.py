@@ -1,4 +1,9 @@
-"""An LRU cache of loaded compositions, bounded by the bytes of their parameters and buffers."""
+"""An LRU cache of loaded module versions (f, h, g), bounded by the bytes of their parameters and buffers.
+
+Keyed by the artifact (its sha256, format and adapter architecture), not by composition: a task module
+that 100 compositions share is held once, and a composition whose f and g are loaded needs only its
+adapter (issue 27).
+"""
 
 from __future__ import annotations
 
@@ -56,6 +61,12 @@ class ModelCache:
             self._insert(key, module)
             return module
 
+    def peek(self, key: str) -> nn.Module | None:
+        """The module under `key` if it is loaded (counted as a hit), else None; never loads."""
+        with self._lock:
+            entry = self._hit(key)
+            return entry.module if entry is not None else None
+
     def _hit(self, key: str) -> _Entry | None:
         entry = self._items.get(key)
         if entry is not None:
@@ -72,12 +83,14 @@ class ModelCache:
             self._items[key] = _Entry(module, nbytes)
             self.bytes += nbytes
             metrics.CACHE_BYTES.inc(nbytes)
+            metrics.MODULES_LOADED.inc()
             while self.bytes > self.max_bytes:
                 _, old = self._items.popitem(last=False)
                 self.bytes -= old.nbytes
                 self.evictions += 1
                 metrics.CACHE_EVICTIONS.inc()
                 metrics.CACHE_BYTES.dec(old.nbytes)
+                metrics.MODULES_LOADED.dec()
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
@@ -85,6 +98,7 @@ class ModelCache:
 
     def clear(self) -> None:
         with self._lock:
+            metrics.MODULES_LOADED.dec(len(self._items))
             self._items.clear()
             metrics.CACHE_BYTES.dec(self.bytes)  # the gauge sums every cache of the process
             self.bytes = 0

@@ -1,0 +1,1 @@
+"""Serving: the module cache, the inference executor, predict bodies and the fast path."""
