@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.jobs.world import World, final, wait_for
+from support.world import World, final, wait_for
 
 FAST = {"epochs": 3, "train": {"batch_size": 16, "val_fraction": 0.0, "lr": 0.01}}
 LONG = {"epochs": 5000, "train": {"batch_size": 8, "val_fraction": 0.0, "patience": 5000}}
