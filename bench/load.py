@@ -6,7 +6,7 @@ The stack is the production shape, started the way the tests start it: SeaweedFS
 PostgreSQL database, a Redis database of our own, one uvicorn process (`graft.local_server`) and real
 `graft worker` processes. Concurrent clients (threads, one httpx connection each) mix for `duration`:
 
-- uploaders: new torch_export / torchscript bytes each time (small convs, weights nudged in place so
+- uploaders: new torch_export bytes each time (small convs, weights nudged in place so
   no export is paid per upload), and ~20 % re-sends of bytes already accepted (must answer 200 with
   the same version: idempotency under load);
 - readers: listings, filters, module and version gets, artifact downloads (sha256 checked), job gets,

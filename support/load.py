@@ -4,7 +4,6 @@ nothing was lost."""
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import io
 import json
@@ -72,24 +71,17 @@ class ArtifactMaker:
         torch.manual_seed(seed)
         net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()).eval()
         self.fmt = fmt
-        if fmt == "torch_export":
-            batch = torch.export.Dim("batch", min=1)
-            self.obj = torch.export.export(net, (torch.zeros(2, 3, 6, 6),), dynamic_shapes=({0: batch},))
-            self.param = self.obj.state_dict["0.weight"]
-        else:
-            self.obj = torch.jit.script(copy.deepcopy(net))
-            self.param = next(self.obj.parameters())
+        batch = torch.export.Dim("batch", min=1)
+        self.obj = torch.export.export(net, (torch.zeros(2, 3, 6, 6),), dynamic_shapes=({0: batch},))
+        self.param = self.obj.state_dict["0.weight"]
 
     def next(self) -> bytes:
         """New weights, new bytes (saving a tiny module takes milliseconds; exporting would take seconds)."""
         with torch.no_grad():
             self.param.add_(torch.randn_like(self.param) * 0.01)
         buf = io.BytesIO()
-        if self.fmt == "torch_export":
-            with _SAVE_LOCK:  # torch.export.save registers process-global pickling hooks
-                torch.export.save(self.obj, buf)
-        else:
-            torch.jit.save(self.obj, buf)
+        with _SAVE_LOCK:  # torch.export.save registers process-global pickling hooks
+            torch.export.save(self.obj, buf)
         return buf.getvalue()
 
 
@@ -282,7 +274,7 @@ def drive(run: LoadRun, duration: float, counts: dict[str, int], think: dict[str
 
     # Made here, one after another, before the clock starts: torch.export takes seconds and is not
     # meant to run in several threads at once.
-    formats = ("torch_export", "torchscript")
+    formats = ("torch_export",)  # TorchScript uploads are refused (transplant/allowlist.py)
     makers = {i: [ArtifactMaker(f, run.seed + 10 * i + j) for j, f in enumerate(formats)]
               for i in range(counts.get("uploader", 0))}
 
