@@ -100,8 +100,8 @@ def test_job_past_its_time_limit_is_stopped_and_failed(tmp_path) -> None:
 
     from app.config import Settings
     from app.main import create_app
-    from tests.conftest import ADMIN_TOKEN
     from support.world import make_world
+    from tests.conftest import ADMIN_TOKEN
 
     settings = Settings(data_dir=tmp_path / "graft", bootstrap_token=ADMIN_TOKEN, job_time_limit_s=1.0)
     with TestClient(create_app(settings), headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as api:

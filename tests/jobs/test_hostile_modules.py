@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.hardening import hostile_graphs as hostile
 from support.world import X_SHAPE, World, final, tiny_nets, transplant, upload_module, wait_for
+from tests.hardening import hostile_graphs as hostile
 
 
 def test_job_refuses_a_stored_graph_changed_to_call_from_file(embedded_api, embedded_world: World,
