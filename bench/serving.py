@@ -24,7 +24,7 @@ executor, the learned cap and shared modules). Sections, each taken on both serv
 
 Run: `python -m bench.serving [--quick] [--real] [--before REV]`, under `flock /tmp/graft-bench.lock`.
 Writes bench/results/serving.{md,json} (`--quick`: serving-quick.*). Clients and servers share the
-machine; the load client is one asyncio loop (bench/serving_load.py).
+machine; the load client is one asyncio loop (support/serving_load.py).
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.serving_load import concurrent_load
 from support.services import process_tree
+from support.serving_load import concurrent_load
 from transplant.adapters import build_adapter, fit_adapter_config, save_adapter
 from transplant.artifacts import load_module, save_module
 from transplant.compose import compose, parameter_bytes
@@ -490,7 +490,7 @@ def report(r: dict) -> None:
         f"{r['torch']} ({r['torch_threads']} threads). Both servers up at once on one embedded registry "
         f"(registered in {r['register_s']:.0f} s): {N_F} category modules, {N_G} task modules, {N_COMP} "
         f"adapters, one composition per adapter ({SHARED} share g0). Load client: one asyncio loop, "
-        "keep-alive connections, one-input .npy predicts (`bench/serving_load.py`)."
+        "keep-alive connections, one-input .npy predicts (`support/serving_load.py`)."
         + (" **Quick run.**" if r["quick"] else ""),
         "",
         "## Overhead, cold start, memory",
