@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench-science bench-registry bench-real gpu-check gpu-check-dry gpu-wheels clean \
+.PHONY: install demo test lint bench-science bench-datafree bench-registry bench-real gpu-check gpu-check-dry gpu-wheels clean \
 	bench-amalgamation bench-search bench-serving bench-jobs bench-scale bench-load bench-fuzz
 
 $(VENV)/bin/python:
@@ -37,6 +37,9 @@ lint: install
 
 bench-science: install
 	$(PY) -m bench.science
+
+bench-datafree: install
+	$(PY) -m bench.science --datafree
 
 bench-registry: install
 	$(PY) -m bench.registry

@@ -1,5 +1,6 @@
-"""Seconds-long passes through the science and search benchmarks (`--smoke`), run as a user runs them
-(`python -m bench.<name>`), so that they cannot silently break. Tests import nothing from bench/."""
+"""Seconds-long passes through the science (both modes) and search benchmarks (`--smoke`), run as a
+user runs them (`python -m bench.<name>`), so that they cannot silently break. Tests import nothing
+from bench/."""
 
 from __future__ import annotations
 
@@ -58,3 +59,17 @@ def test_bench_search_smoke_and_merge(tmp_path):
     assert [r["seed"] for r in json.loads((tmp_path / "pooled.json").read_text())["runs"]] == [1]
     md = (tmp_path / "pooled.md").read_text()
     assert "for seeds [1]" in md and md.endswith("## Commentary\nkept by hand\n") and "old report" not in md
+
+
+def test_bench_datafree_smoke(tmp_path):
+    out = bench("bench.science", "--datafree", "--smoke", "--threads", "1", "--out", str(tmp_path))
+    md = (tmp_path / "datafree_quick.md").read_text()
+    for method in ("deepinversion", "features", "noise", "di-cheap"):
+        assert f"- **{method}**: data-free bd" in out and f"- **{method}**" in md
+    assert "## Synthesis quality and cost" in md and "## Synthetic inputs plus 8 real ones" in md
+    cells = json.loads((tmp_path / "datafree_quick.json").read_text())["cells"]
+    assert len(cells) == 2  # one new category × cls, seg
+    for cell in cells.values():
+        assert {"sup 10", "bd all", "bd deepinversion+8", "dist di-cheap"} <= set(cell["cols"])
+        assert cell["cost"]["deepinversion synth"][0] > 0
+    assert (tmp_path / "datafree_quick.png").stat().st_size > 0
