@@ -2,8 +2,8 @@
 
 uvicorn's own `--workers` shares one listening socket between its processes, and the kernel hands a
 new connection to whichever process accepts first: a client that opens its connections at once can
-land every one of them on one process (bench/results/serving-runs.md, run B2: a round where all 32
-did; docs/serving.md has the spread). Here each
+land every one of them on one process (docs/serving.md, earlier runs: run B2 had a round where all 32
+did; the spread is there too). Here each
 process binds the port itself with SO_REUSEPORT, and the kernel spreads connections between the
 sockets by a hash of their addresses.
 

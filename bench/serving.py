@@ -23,7 +23,8 @@ executor, the learned cap and shared modules). Sections, each taken on both serv
 7. (`--ray`) Ray Serve: skipped with a message (not installed here; not part of this benchmark yet).
 
 Run: `python -m bench.serving [--quick] [--real] [--before REV]`, under `flock /tmp/graft-bench.lock`.
-Writes bench/results/serving.{md,json} (`--quick`: serving-quick.*). Clients and servers share the
+Writes bench/results/serving.{md,json}; `--quick`, a smoke test, writes .graft/serving-quick.* (not
+committed). Clients and servers share the
 machine; the load client is one asyncio loop (support/serving_load.py).
 """
 
@@ -605,10 +606,11 @@ def report(r: dict) -> None:
     lines.append("")
     text = "\n".join(lines)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
+    out = ROOT / ".graft" if r["quick"] else RESULTS  # a quick run is not a measurement: not committed
+    out.mkdir(parents=True, exist_ok=True)
     suffix = "-quick" if r["quick"] else ""
-    (RESULTS / f"serving{suffix}.md").write_text(text)
-    (RESULTS / f"serving{suffix}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
+    (out / f"serving{suffix}.md").write_text(text)
+    (out / f"serving{suffix}.json").write_text(json.dumps(r, indent=2, default=str) + "\n")
 
 
 if __name__ == "__main__":

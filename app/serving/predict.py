@@ -20,7 +20,7 @@ async def serve_predict(request: Request, spec: ServingSpec, body: bytes) -> Res
     Shared by the route (a composition's first call in this process) and PredictFastPath.
     """
     # On the event loop: a request thread per call, blocked on its forward, cost CPU under load (32
-    # threads contending for the GIL; bench/results/serving-previous.md). Only what may take long
+    # threads contending for the GIL; docs/serving.md, earlier runs). Only what may take long
     # leaves it.
     settings = request.app.state.settings
     encoding = inputs.encoding_of(request.headers.get("content-type"))
