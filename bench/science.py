@@ -1,4 +1,5 @@
-"""The paper's comparison on our world and on scikit-learn digits: python -m bench.science [--quick].
+"""The paper's comparison on our world and on scikit-learn digits: python -m bench.science [--quick | --smoke]
+[--datafree].
 
 For each new category × task: the teacher's score; the adapter trained `supervised` with 10/20/50/100
 labels; `distillation` and `back_distillation` with no labels (all unlabelled inputs) and with few
