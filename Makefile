@@ -47,6 +47,10 @@ bench-registry: install
 bench-real: install
 	$(PY) -m bench.real
 
+.PHONY: bench-real-datafree
+bench-real-datafree: install
+	$(PY) -m bench.real --datafree
+
 # The GPU check runs on the lent GPU machine as it is: its own python3 with torch and CUDA, no venv, no
 # services; the pure-Python packages it lacks travel as wheels in .whl/ (`make gpu-wheels` here).
 GPU_PY ?= python3

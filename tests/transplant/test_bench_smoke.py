@@ -1,6 +1,6 @@
-"""Seconds-long passes through the science (both modes) and search benchmarks (`--smoke`), run as a
-user runs them (`python -m bench.<name>`), so that they cannot silently break. Tests import nothing
-from bench/."""
+"""Seconds-long passes through the science (both modes), search and real-network benchmarks (`--smoke`),
+run as a user runs them (`python -m bench.<name>`), so that they cannot silently break. Tests import
+nothing from bench/."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -73,3 +75,20 @@ def test_bench_datafree_smoke(tmp_path):
         assert {"sup 10", "bd all", "bd deepinversion+8", "dist di-cheap"} <= set(cell["cols"])
         assert cell["cost"]["deepinversion synth"][0] > 0
     assert (tmp_path / "datafree_quick.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_bench_real_datafree_smoke(tmp_path):
+    """`bench.real --datafree --smoke`: the pretrained pair at tiny sizes, real-input and data-free rows."""
+    out = bench("bench.real", "--datafree", "--smoke", "--out", str(tmp_path))
+    stored = json.loads((tmp_path / "real-datafree.json").read_text())
+    rows = stored["rows"]
+    assert [r["data"] for r in rows.values()] == ["real", "synthetic"] + ["real"] * 2 + ["synthetic"] * 2
+    assert [r["steps"] for r in rows.values()] == [0, 0, 4, 4, 4, 4]  # two untrained stitches first
+    syn = stored["synthesis"]
+    assert syn["method"] == "deepinversion" and syn["n"] == 16 and syn["bn_layers"]["category_module"] > 0
+    assert syn["bn_distance"] < syn["bn_distance_init"]  # two steps already move the statistics
+    synthetic = [r for r in rows.values() if r["data"] == "synthetic"]
+    assert all(r["real_inputs"] == 0 and r["inputs"] == 16 and r["synthesis_s"] > 0 for r in synthetic)
+    md = (tmp_path / "real-datafree.md").read_text()
+    assert "back-distillation, synthetic inputs only" in md and "≤ 3× the transplant" in md and md in out
