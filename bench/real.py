@@ -223,7 +223,7 @@ DATAFREE = {
 
 def run_datafree(mode: str = "full", seed: int = 0, steps: int | None = None) -> dict:
     """Real-input and data-free rows side by side: same world, seed, steps and evaluation."""
-    from bench.science_datafree import _real_distance
+    from bench.science import _real_distance
     from transplant.synth import SynthesisConfig, mix_real, synthesise
 
     s, d = SETTINGS[mode], DATAFREE[mode]
