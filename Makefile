@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench-science bench-datafree bench-registry bench-real gpu-check gpu-check-dry gpu-wheels clean \
+.PHONY: install demo test lint bench-science bench-datafree bench-registry bench-real \
+	bench-real-datafree gpu-check gpu-check-dry gpu-wheels clean \
 	bench-amalgamation bench-search bench-serving bench-jobs bench-scale bench-load bench-fuzz
 
 $(VENV)/bin/python:
@@ -47,7 +48,6 @@ bench-registry: install
 bench-real: install
 	$(PY) -m bench.real
 
-.PHONY: bench-real-datafree
 bench-real-datafree: install
 	$(PY) -m bench.real --datafree
 

@@ -223,8 +223,7 @@ DATAFREE = {
 
 def run_datafree(mode: str = "full", seed: int = 0, steps: int | None = None) -> dict:
     """Real-input and data-free rows side by side: same world, seed, steps and evaluation."""
-    from bench.science import _real_distance
-    from transplant.synth import SynthesisConfig, mix_real, synthesise
+    from transplant.synth import SynthesisConfig, bn_distance, mix_real, synthesise
 
     s, d = SETTINGS[mode], DATAFREE[mode]
     steps = steps or d["steps"]
@@ -238,7 +237,7 @@ def run_datafree(mode: str = "full", seed: int = 0, steps: int | None = None) ->
         raise RuntimeError(f"expected input-space synthesis, got {syn.report['method']}")
     _, synthetic = mix_real(world.f, syn, None)
     report = dict(syn.report)
-    report["bn_distance_real"] = _real_distance(world.f, world.g_teacher, real)
+    report["bn_distance_real"] = bn_distance(world.f, world.g_teacher, real)
     plan = {
         # (method, inputs, learning rate): lr 0 is the least-squares stitch onto Lite0's f, untrained
         "least-squares stitch, real crops (no training)": ("distillation", real, 0.0),

@@ -39,7 +39,7 @@ from transplant.adapters import build_adapter, fit_adapter_config, init_adapter
 from transplant.blackbox import frozen
 from transplant.distill.losses import back_distillation_loss, distillation_loss, teacher_probes
 from transplant.metrics import task_metric
-from transplant.synth import SynthesisConfig, _Moments, bn_tap, mix_real, synthesise
+from transplant.synth import SynthesisConfig, bn_distance, mix_real, synthesise
 from transplant.world import SIZES, build_world
 
 SMOKE_SIZE = {"n_old": 1, "n_new": 1, "n_train": 48, "n_unlab": 24, "n_test": 16, "steps": 2, "gen_steps": 2}
@@ -269,23 +269,13 @@ def run_cell(world, cat: str, task: str, s: dict) -> dict[str, list[float]]:
     return cols
 
 
-def _real_distance(f, g_t, x: torch.Tensor) -> float | None:
-    """BatchNorm-statistics distance of real inputs: the floor a synthetic set is compared with."""
-    m = _Moments()
-    with bn_tap(f) as (run_f, st_f), bn_tap(g_t) as (run_g, st_g), torch.no_grad():
-        feats, a_f = run_f(x)
-        _, a_g = run_g(feats)
-        m.add(a_f + a_g)
-    return m.distance(st_f + st_g)
-
-
 def run_datafree_cell(world, cat: str, task: str, s: dict) -> dict:
     """{"cols": {column: [metric per seed]}, "cost": {...}, "quality": {...}} for one data-free cell."""
     f, g_t = world.teachers[cat][task]
     d = world.data[cat]
     cols: dict[str, list[float]] = {}
     cost: dict[str, list[float]] = {}
-    quality: dict[str, list] = {"real": [_real_distance(f, g_t, d.unlabelled.x)]}
+    quality: dict[str, list] = {"real": [bn_distance(f, g_t, d.unlabelled.x)]}
     for seed in s["seeds"]:
         pick = _pick(world, cat, seed)
         for col, score, wall in _real_rows(world, cat, task, s, seed, pick):
@@ -300,9 +290,9 @@ def run_datafree_cell(world, cat: str, task: str, s: dict) -> dict:
             quality.setdefault(sm, []).append(syn.report["bn_distance"])
             quality.setdefault(f"{sm} balance", []).append(syn.report["class_balance"])
             cost.setdefault(f"{sm} synth", []).append(syn.report["wall_s"])
+            f_syn, x_syn = mix_real(f, syn, None)
             for m, short in SHORT.items():
-                f_used, x = mix_real(f, syn, None)
-                score, wall = _transplant(world, cat, task, s, seed, m, f_used, x, with_val=True)
+                score, wall = _transplant(world, cat, task, s, seed, m, f_syn, x_syn, with_val=True)
                 cols.setdefault(f"{short} {sm}", []).append(score)
                 cost.setdefault(f"{short} {sm}", []).append(wall)
                 for n in s["mix_few"] if v["mixed"] else []:

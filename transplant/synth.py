@@ -231,6 +231,17 @@ class _Moments:
         return sum(out) / len(out)
 
 
+def bn_distance(f: Module, g_teacher: Module, x: torch.Tensor) -> float | None:
+    """The BatchNorm distance (as in a synthesis report) of given inputs `x` through f and g_T: for real
+    inputs, the floor a synthetic set is compared with. None when neither network has BatchNorm."""
+    m = _Moments()
+    with bn_tap(f) as (run_f, st_f), bn_tap(g_teacher) as (run_g, st_g), torch.no_grad():
+        feats, a_f = run_f(x)
+        _, a_g = run_g(feats)
+        m.add(a_f + a_g)
+    return m.distance(st_f + st_g)
+
+
 def _tv(x: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference of neighbouring pixels over the trailing two dims (0 below 3 dims)."""
     if x.dim() < 4:
